@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make lab` (learn) and `make test` (check).
+# Every target installs what it needs into .venv first, and skips that when
+# pyproject.toml has not changed since the last install.
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+WORKERS ?= 2
+# Profile for `make run` / `make figures`: empty = reidlab's default (gpu with CUDA, else laptop).
+PROFILE ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help install lab run test figures clean
+
+help:
+	@echo "make lab      open the notebooks in JupyterLab (the main job)"
+	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
+	@echo "make run      execute every notebook headless into build/run and print a timing table"
+	@echo "make figures  regenerate figures/ from the notebooks"
+	@echo "make clean    remove build/ and caches (keeps .venv and data/)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name reidlab --display-name "Python (reidlab)" >/dev/null
+	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG)
+
+run: $(STAMP)
+	$(PY) tools/nbtool.py run --out build/run $(if $(PROFILE),--profile $(PROFILE),) $(NOTEBOOKS)
+
+test: $(STAMP)
+	REIDLAB_PROFILE=ci $(PY) -m pytest -n $(WORKERS) --dist loadfile \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=300 \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  tests $(NOTEBOOKS)
+
+figures: $(STAMP)
+	REIDLAB_FIGURES_DIR=$(CURDIR)/figures $(PY) tools/nbtool.py run --out build/figures $(if $(PROFILE),--profile $(PROFILE),) $(NOTEBOOKS)
+
+clean:
+	rm -rf build .pytest_cache
+	find . -name __pycache__ -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -1,0 +1,57 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import reidlab
+from reidlab.config import PROFILES, resolve_profile
+
+
+def test_default_profile_follows_cuda(no_profile_env):
+    assert resolve_profile(cuda_available=True).name == "gpu"
+    assert resolve_profile(cuda_available=False).name == "laptop"
+
+
+def test_env_variable_and_argument(monkeypatch):
+    monkeypatch.setenv("REIDLAB_PROFILE", "ci")
+    assert resolve_profile().name == "ci"
+    assert resolve_profile("gpu").name == "gpu"  # an explicit argument wins
+    monkeypatch.setenv("REIDLAB_PROFILE", " Laptop ")
+    assert resolve_profile().name == "laptop"
+
+
+def test_unknown_profile_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("REIDLAB_PROFILE", "cpu")
+    with pytest.raises(ValueError, match=r"unknown profile 'cpu' \(from REIDLAB_PROFILE\).*ci, laptop, gpu"):
+        resolve_profile()
+
+
+def test_pick_returns_the_profiles_value():
+    assert [PROFILES[n].pick(ci=1, laptop=2, gpu=3) for n in ("ci", "laptop", "gpu")] == [1, 2, 3]
+
+
+def test_profiles_grow_with_scale():
+    ci, laptop, gpu = PROFILES["ci"], PROFILES["laptop"], PROFILES["gpu"]
+    assert ci.height * ci.width < laptop.height * laptop.width < gpu.height * gpu.width
+    assert (gpu.height, gpu.width, gpu.batch_size, gpu.epochs) == (256, 128, 128, 60)  # the paper's settings
+
+
+def test_setup_seeds_everything_and_reports(capsys, monkeypatch):
+    monkeypatch.setenv("REIDLAB_PROFILE", "ci")
+    cfg = reidlab.setup(seed=123)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    out = capsys.readouterr().out
+    reidlab.setup(seed=123, verbose=False)
+    second = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert first == second
+    assert (cfg.name, cfg.seed, cfg.device) == ("ci", 123, "cuda" if torch.cuda.is_available() else "cpu")
+    lines = out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["versions", "device", "profile", "seed"]
+    assert f"torch {torch.__version__}" in lines[0] and lines[3].endswith("123")
+    assert capsys.readouterr().out == ""  # verbose=False prints nothing
+
+
+def test_data_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("REIDLAB_DATA_DIR", str(tmp_path / "x"))
+    assert reidlab.data_dir() == tmp_path / "x"

@@ -1,0 +1,32 @@
+"""The project's install files agree with each other."""
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(reqs):
+    return {re.split(r"[<>=!~ \[]", r.strip(), maxsplit=1)[0].lower() for r in reqs}
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _names(project["dependencies"]) | _names(project["optional-dependencies"]["dev"])
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    pip_section = [line.strip()[2:] for line in lines[start + 1 :] if line.strip().startswith("- ")]
+    listed = _names(p for p in pip_section if not p.startswith("-e"))
+    assert listed == declared, f"only in environment.yml: {listed - declared}; only in pyproject: {declared - listed}"
+    assert any(p.startswith("-e .") for p in pip_section), "environment.yml must install this package"
+
+
+def test_torch_is_not_pinned_to_a_cpu_wheel():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if d.startswith("torch") and not d.startswith("torchvision"))
+    assert "==" not in torch_req and "+cpu" not in torch_req
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()

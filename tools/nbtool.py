@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Notebook chores for the series: execute, time, author.
+
+    python tools/nbtool.py run --out build/run notebooks/*.ipynb   # make run / make figures
+    python tools/nbtool.py execute --profile laptop notebooks/03_*.ipynb  # refresh committed outputs
+    python tools/nbtool.py export notebooks/03_x.ipynb /tmp/03_x.py  # edit as plain text ...
+    python tools/nbtool.py build /tmp/03_x.py notebooks/03_x.ipynb   # ... and back (then `execute`)
+
+``run`` writes executed copies elsewhere and never touches the tracked notebooks;
+``execute`` rewrites them in place, which is how committed outputs are produced (an
+honest top-to-bottom run, in a fresh kernel, with the profile printed by the setup cell).
+
+The text format of ``export``/``build`` is the "percent" format: a line ``# %%`` starts a
+code cell, ``# %% [markdown]`` a markdown cell whose lines are ``# ``-prefixed; cell
+metadata may follow as JSON, e.g. ``# %% {"tags": ["raises-exception"]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+KERNEL = "python3"
+
+
+def execute(path: Path, out: Path, *, profile: str | None, timeout: int) -> tuple[bool, float, str]:
+    """Execute ``path`` top to bottom in a fresh kernel (cwd = its folder) and write ``out``."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    if profile:
+        os.environ["REIDLAB_PROFILE"] = profile
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(path.parent.resolve())}}
+    )
+    t0 = time.perf_counter()
+    ok, err = True, ""
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        ok, err = False, str(e).strip().splitlines()[-1][:200]
+    seconds = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return ok, seconds, err
+
+
+def cmd_run(args: argparse.Namespace, *, in_place: bool = False) -> int:
+    rows = []
+    for nb in args.notebooks:
+        src = Path(nb)
+        dst = src if in_place else Path(args.out) / src.name
+        print(f"running {src} ...", flush=True)
+        ok, sec, err = execute(src, dst, profile=args.profile, timeout=args.timeout)
+        rows.append((src.name, sec, ok, err))
+    width = max([len(r[0]) for r in rows] + [8])
+    print(f"\n{'notebook':<{width}}  {'seconds':>8}  ok")
+    for name, sec, ok, err in rows:
+        print(f"{name:<{width}}  {sec:8.1f}  {'yes' if ok else 'NO  ' + err}")
+    total = sum(r[1] for r in rows)
+    print(f"{'total':<{width}}  {total:8.1f}  {sum(r[2] for r in rows)}/{len(rows)} ok")
+    return 0 if all(r[2] for r in rows) else 1
+
+
+def to_percent(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        meta = {k: v for k, v in cell.metadata.items() if k in ("tags", "nbgrader")}
+        suffix = (" " + json.dumps(meta)) if meta else ""
+        if cell.cell_type == "markdown":
+            body = "\n".join(("# " + line) if line else "#" for line in cell.source.splitlines())
+            parts.append(f"# %% [markdown]{suffix}\n{body}")
+        else:
+            parts.append(f"# %%{suffix}\n{cell.source}")
+    return "\n\n".join(parts) + "\n"
+
+
+def from_percent(text: str):
+    nb = nbformat.v4.new_notebook()
+    cells: list[tuple[str, dict, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            rest = line[4:].strip()
+            kind = "code"
+            if rest.startswith("[markdown]"):
+                kind, rest = "markdown", rest[len("[markdown]") :].strip()
+            cells.append((kind, json.loads(rest) if rest else {}, []))
+        elif cells:
+            cells[-1][2].append(line)
+    for kind, meta, lines in cells:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if kind == "markdown":
+            src = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines)
+            cell = nbformat.v4.new_markdown_cell(src)
+        else:
+            cell = nbformat.v4.new_code_cell("\n".join(lines))
+        cell.metadata.update(meta)
+        nb.cells.append(cell)
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "execute"):
+        s = sub.add_parser(name)
+        s.add_argument("notebooks", nargs="+")
+        s.add_argument("--profile", default=None, help="ci | laptop | gpu (default: reidlab's default)")
+        s.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+        if name == "run":
+            s.add_argument("--out", default="build/run")
+    s = sub.add_parser("export")
+    s.add_argument("notebook")
+    s.add_argument("out")
+    s = sub.add_parser("build")
+    s.add_argument("src")
+    s.add_argument("out")
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd == "execute":
+        return cmd_run(args, in_place=True)
+    if args.cmd == "export":
+        Path(args.out).write_text(to_percent(nbformat.read(args.notebook, as_version=4)))
+        return 0
+    nbformat.write(from_percent(Path(args.src).read_text()), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
