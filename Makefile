@@ -12,13 +12,15 @@ WORKERS ?= 2
 PROFILE ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab run test figures clean
+.PHONY: help install lab run test figures assignments grade clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
 	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
 	@echo "make run      execute every notebook headless into build/run and print a timing table"
 	@echo "make figures  regenerate figures/ from the notebooks"
+	@echo "make assignments  write student versions of the notebooks to build/assignments/"
+	@echo "make grade SUBMISSIONS=dir  grade dir/<student>/<notebook>.ipynb into build/grades.csv"
 	@echo "make clean    remove build/ and caches (keeps .venv and data/)"
 
 $(STAMP): pyproject.toml
@@ -43,6 +45,13 @@ test: $(STAMP)
 
 figures: $(STAMP)
 	REIDLAB_FIGURES_DIR=$(CURDIR)/figures $(PY) tools/nbtool.py run --out build/figures $(if $(PROFILE),--profile $(PROFILE),) $(NOTEBOOKS)
+
+assignments: $(STAMP)
+	$(PY) tools/assign.py release --out build/assignments $(NOTEBOOKS)
+
+SUBMISSIONS ?= submissions
+grade: $(STAMP)
+	$(PY) tools/assign.py grade $(SUBMISSIONS) --source notebooks --out build/grades.csv
 
 clean:
 	rm -rf build .pytest_cache
