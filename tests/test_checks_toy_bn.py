@@ -1,0 +1,238 @@
+"""Checkers of notebooks 02 and 03 (reidlab.checks), and the notebooks' lesson code vs reidlab.
+
+Each checker must pass the solution and fail typical wrong answers with a message that names
+the mistake. The recalibration written out in notebook 03 must equal reidlab.bn.recalibrate_bn.
+"""
+import ast
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from reidlab import checks
+from reidlab.toy import SmallBNNet, accuracy, make_toy_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def notebook_function(notebook: str, name: str, namespace: dict):
+    """Define the function ``name`` exactly as written in a code cell of ``notebook``."""
+    nb = json.loads((ROOT / "notebooks" / notebook).read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"])
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.FunctionDef) and node.name == name:
+                exec(compile(ast.Module(body=[node], type_ignores=[]), notebook, "exec"), namespace)
+                return namespace[name]
+    raise LookupError(f"{name} not found in {notebook}")
+
+
+# --- notebook 02 ---------------------------------------------------------------------------
+
+
+def evaluate_fixed(model, dataset):
+    was_training = model.training
+    model.eval()
+    try:
+        return accuracy(model, dataset)
+    finally:
+        model.train(was_training)
+
+
+def test_evaluate_fixed_passes(capsys):
+    checks.check_evaluate_fixed(evaluate_fixed)
+    assert "correct" in capsys.readouterr().out
+
+
+def forgot_eval(model, dataset):
+    return accuracy(model, dataset)
+
+
+def no_grad_only(model, dataset):
+    with torch.no_grad():
+        return accuracy(model, dataset, batch_size=16)
+
+
+def never_restores(model, dataset):
+    model.eval()
+    return accuracy(model, dataset)
+
+
+def returns_percent(model, dataset):
+    return 100 * evaluate_fixed(model, dataset)
+
+
+def returns_nothing(model, dataset):
+    evaluate_fixed(model, dataset)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (forgot_eval, "model.eval"),
+        (no_grad_only, "no_grad"),
+        (never_restores, "model.train\\(was_training\\)"),
+        (returns_percent, "between 0 and 1"),
+        (returns_nothing, "returned None"),
+    ],
+)
+def test_evaluate_fixed_catches(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_evaluate_fixed(wrong)
+
+
+def depends_on_batch(model, x):
+    other = torch.cat([x[:1], x[1:].flip(0) * 2.0 + 1.0])
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        return not torch.allclose(probe(x)[0], probe(other)[0], atol=1e-5)
+
+
+def test_depends_on_batch_passes(capsys):
+    checks.check_depends_on_batch(depends_on_batch)
+    assert "correct" in capsys.readouterr().out
+
+
+def on_the_original(model, x):  # forgets the copy: train-mode probes move the running stats
+    other = torch.cat([x[:1], x[1:].flip(0)])
+    with torch.no_grad():
+        return not torch.allclose(model(x)[0], model(other)[0], atol=1e-5)
+
+
+def switches_to_eval(model, x):
+    model.eval()
+    return depends_on_batch(model, x)
+
+
+def changes_the_image_itself(model, x):
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        return not torch.allclose(probe(x)[0], probe(x * 2)[0], atol=1e-5)
+
+
+def always_true(model, x):
+    return True
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (on_the_original, "copy"),
+        (switches_to_eval, "mode"),
+        (changes_the_image_itself, "share x\\[0\\]"),  # BN cancels the scaling: no change seen
+        (always_true, "answer is False"),
+        (lambda model, x: False, "answer is True"),
+        (lambda model, x: "yes", "bool"),
+    ],
+)
+def test_depends_on_batch_catches(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_depends_on_batch(wrong)
+
+
+def test_notebook_02_my_train_equals_module_train():
+    my_train = notebook_function("02_train_vs_eval.ipynb", "my_train", {"nn": nn})
+    for mode in (False, True):
+        ours, theirs = SmallBNNet(head_bn=True, dropout=0.5, seed=0), SmallBNNet(head_bn=True, dropout=0.5, seed=0)
+        ours.train(not mode)
+        theirs.train(not mode)
+        my_train(ours, mode)
+        theirs.train(mode)
+        assert [m.training for m in ours.modules()] == [m.training for m in theirs.modules()] == [mode] * 22
+
+
+# --- notebook 03 ---------------------------------------------------------------------------
+
+
+def by_hand_running_mean(momentum_weight_on_new=0.1, start=None):
+    r = torch.zeros(2) if start is None else start
+    for b in checks.EX03_BATCHES:
+        r = (1 - momentum_weight_on_new) * r + momentum_weight_on_new * torch.tensor(b).mean(0)
+    return r
+
+
+def test_running_mean_checker_passes_the_hand_computation(capsys):
+    checks.check_running_mean_after_steps(by_hand_running_mean())
+    checks.check_running_mean_after_steps(by_hand_running_mean().tolist())  # a list is fine too
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+def test_running_mean_expected_value_is_the_worked_example():
+    # batch means (2, 4), (6, 1), (0, 1): r = 0.1 * [0.81 * mu1 + 0.9 * mu2 + mu3]
+    expected = torch.tensor([0.1 * (0.81 * 2 + 0.9 * 6 + 0), 0.1 * (0.81 * 4 + 0.9 * 1 + 1)])
+    torch.testing.assert_close(by_hand_running_mean(), expected)
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (by_hand_running_mean(0.9), "Keras"),
+        (torch.tensor([8 / 3, 2.0]), "momentum=None"),
+        (torch.tensor([0.0, 1.0]), "last batch"),
+        (torch.tensor([1.62 + 0.54, 3.24 + 0.09 + 0.1]), "running_mean = 0"),
+        (torch.tensor([0.7, 0.5]), "off by"),
+        (torch.zeros(3), "shape"),
+        (None, "return"),
+    ],
+)
+def test_running_mean_checker_names_the_mistake(answer, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_running_mean_after_steps(answer)
+
+
+def test_keras_checker():
+    checks.check_keras_to_torch(lambda k: 1 - k)
+    with pytest.raises(checks.ExerciseError, match="opposite"):
+        checks.check_keras_to_torch(lambda k: k)
+    with pytest.raises(checks.ExerciseError, match="expected 0.01"):
+        checks.check_keras_to_torch(lambda k: 1 / k)
+    with pytest.raises(checks.ExerciseError, match="None"):
+        checks.check_keras_to_torch(lambda k: None)
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (lambda r, x, m: (1 - m) * r + m * x.var(0, unbiased=False), "biased"),
+        (lambda r, x, m: m * r + (1 - m) * x.var(0, unbiased=True), "Keras"),
+        (lambda r, x, m: (1 - m) * r + m * x.var(), "dim 0"),
+        (lambda r, x, m: x.var(0), "off by"),
+        (lambda r, x, m: r, "off by"),
+        (lambda r, x, m: ((1 - m) * r + m * x.var(0))[:2], "shape"),
+    ],
+)
+def test_running_var_checker_names_the_mistake(fn, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_update_running_var(fn)
+
+
+def test_running_var_checker_passes_the_solution(capsys):
+    checks.check_update_running_var(lambda r, x, m: (1 - m) * r + m * x.var(dim=0, unbiased=True))
+    assert "correct" in capsys.readouterr().out
+
+
+def test_notebook_03_recalibration_equals_reidlab():
+    """The recalibration written out in notebook 03 and reidlab.bn.recalibrate_bn agree on every buffer."""
+    from reidlab.bn import recalibrate_bn
+
+    recalibrate = notebook_function("03_momentum_running_stats.ipynb", "recalibrate", {"nn": nn, "torch": torch})
+    data = make_toy_images(80, seed=2, shift=(1.0, -0.5, 0.3), gain=1.5)
+    net = SmallBNNet(width=4, head_bn=True, dropout=0.0, seed=0)
+    for mode in (True, False):
+        a, b = copy.deepcopy(net).train(mode), copy.deepcopy(net).train(mode)
+        recalibrate(a, data.tensors[0].split(16))
+        recalibrate_bn(b, DataLoader(data, batch_size=16))
+        for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+            torch.testing.assert_close(x, y, msg=name)
+        assert [m.training for m in a.modules()] == [m.training for m in b.modules()] == [mode] * len(list(a.modules()))
+        assert [m.momentum for m in a.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] == [0.1] * 4
+        # and both really changed the statistics: the first BN now holds this data's channel means
+        first = a.features[0]
+        z = first[0](data.tensors[0]).detach()
+        torch.testing.assert_close(first[1].running_mean, z.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
