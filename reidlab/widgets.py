@@ -67,7 +67,11 @@ class Slider:
         if self.is_int:
             return w.IntSlider(value=self.value, min=self.min, max=self.max, step=self.step or 1, **common)
         step = self.step or (self.max - self.min) / 100
-        return w.FloatSlider(value=self.value, min=self.min, max=self.max, step=step, **common)
+        # enough decimals that every step shows (ipywidgets' default '.2f' shows 0.005 as 0.01)
+        digits = max(2, -math.floor(math.log10(step)) if step > 0 else 2)
+        return w.FloatSlider(
+            value=self.value, min=self.min, max=self.max, step=step, readout_format=f".{digits}f", **common
+        )
 
 
 class SliderPlot:

@@ -183,7 +183,8 @@ def _exercise_sliders(browser, base: str, token: str, notebook: str) -> int:
             handle.focus()
             for _ in range(5):
                 handle.press("ArrowRight")
-            _wait_until(lambda: readout.inner_text() != value_before, 30, f"{notebook}: slider {i} did not move")
+            _wait_until(lambda: readout.inner_text() != value_before, 30, f"{notebook}: slider {i} did not move"
+                        f" (readout stayed {value_before})")
             # JupyterLab replaces the <img> node on update, so re-query the locator each time.
             _wait_until(lambda: img.get_attribute("src") != before, 60,
                         f"{notebook}: slider {i} moved but its figure did not change")

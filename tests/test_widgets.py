@@ -42,3 +42,9 @@ def test_bad_sliders_are_clear_errors():
         slider_plot(lambda: None)
     with pytest.raises(TypeError, match="return its matplotlib Figure"):
         slider_plot(lambda x: None, interactive=False, x=Slider(1, 0, 2))
+
+
+def test_float_slider_readout_shows_every_step():
+    pytest.importorskip("ipywidgets")
+    assert Slider(0.005, 0.0, 0.03, step=0.001).widget("drift").readout_format == ".3f"
+    assert Slider(0.5, 0.0, 1.0, step=0.1).widget("m").readout_format == ".2f"
