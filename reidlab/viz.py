@@ -335,8 +335,10 @@ def image_grid(
         raise ValueError(f"{len(row_titles)} row titles for {n_rows} rows")
     if col_titles is not None and len(col_titles) != n_cols:
         raise ValueError(f"{len(col_titles)} column titles for {n_cols} columns")
+    extra_w = 0.9 if row_titles is not None else 0.1
+    extra_h = (0.35 if col_titles is not None else 0.1) + (0.35 if title else 0.0)
     fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(cell_size[0] * n_cols + 0.6, cell_size[1] * n_rows + 0.4), squeeze=False
+        n_rows, n_cols, figsize=(cell_size[0] * n_cols + extra_w, cell_size[1] * n_rows + extra_h), squeeze=False
     )
     for i, row in enumerate(rows):
         for j in range(n_cols):
@@ -354,6 +356,12 @@ def image_grid(
                 ax.set_title(str(col_titles[j]), fontsize=fontsize)
             if j == 0 and row_titles is not None:
                 ax.set_ylabel(str(row_titles[i]), fontsize=fontsize, rotation=0, ha="right", va="center")
+    # images sit edge to edge with room for the labels (tight_layout would spread them out)
+    fig.set_layout_engine("none")
+    w_in, h_in = fig.get_size_inches()
+    left = (0.9 if row_titles is not None else 0.1) / w_in
+    top = 1 - ((0.35 if col_titles is not None else 0.1) + (0.35 if title else 0.0)) / h_in
+    fig.subplots_adjust(left=left, right=1 - 0.05 / w_in, bottom=0.05 / h_in, top=top, wspace=0.06, hspace=0.06)
     if title:
         fig.suptitle(title)
     return fig

@@ -1,0 +1,222 @@
+"""The synthetic re-ID world: layout, naming, counts, determinism, caching, and that it is a
+re-ID problem (same-identity images closer than different ones) with a real domain gap."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reidlab.data.datasets import load_reid_dataset, parse_camstyle_name, parse_reid_name
+from reidlab.data.synth import DOMAINS, SCALES, Scale, make_synthetic_reid, render_identities
+
+MICRO = Scale(train_ids=4, train_images=12, test_ids=4, query=None, gallery_real=10, distractors=2, junk=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Both domains at the tiny scale, generated once for this module."""
+    root = tmp_path_factory.mktemp("synth")
+    return {d: make_synthetic_reid(root, d, "tiny", seed=0, workers=2) for d in DOMAINS}
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_tiny_counts_layout_and_naming(tiny, domain):
+    tree = tiny[domain]
+    sc, C = SCALES["tiny"], DOMAINS[domain].num_cams
+    ds = load_reid_dataset(tree)
+    assert ds.num_cams == C
+    assert ds.num_train_pids == sc.train_ids and len(ds.train) == sc.train_images
+    # one query per (id, camera) pair, each test id seen by >= 2 cameras
+    q_ids = {pid for _, pid, _ in ds.query}
+    assert len(q_ids) == sc.test_ids and len(ds.query) >= 2 * sc.test_ids
+    assert len({(pid, cam) for _, pid, cam in ds.query}) == len(ds.query)
+    # gallery: real images + distractors (pid 0); junk (-1) dropped as torchreid does
+    assert len(ds.gallery) == sc.gallery_real + sc.distractors
+    assert sum(pid == 0 for _, pid, _ in ds.gallery) == sc.distractors
+    assert ds.num_junk_dropped == {"train": 0, "query": 0, "gallery": sc.junk}
+    assert {pid for _, pid, _ in ds.gallery} - {0} == q_ids
+    assert not q_ids & set(ds.train_original_pids)  # train and test identities are disjoint
+    # every query has a true match in another camera (what the Market protocol needs)
+    g = {(pid, cam) for _, pid, cam in ds.gallery}
+    assert all(any(p == pid and c != cam for p, c in g) for _, pid, cam in ds.query)
+    # Market-1501 naming: 0002_c1s1_000451_03.jpg, unique names, images of the documented size
+    names = [Path(p).name for p, _, _ in ds.train + ds.query + ds.gallery]
+    assert len(set(names)) == len(names)
+    import re
+
+    assert all(re.fullmatch(r"(\d{4}|-1)_c\d+s\d_\d{6}_\d{2}\.jpg", n) for n in names)
+    assert Image.open(ds.train[0][0]).size == (64, 128)
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_camstyle_files(tiny, domain):
+    tree = tiny[domain]
+    C = DOMAINS[domain].num_cams
+    ds = load_reid_dataset(tree)
+    files = sorted((tree / "bounding_box_train_camstyle").iterdir())
+    assert len(files) == len(ds.train) * (C - 1)
+    for path, _, cam in ds.train:
+        fakes = ds.camstyle_for(path)
+        assert sorted(fakes) == [c for c in range(C) if c != cam]
+        for c2, f in fakes.items():
+            assert Path(f).name == f"{Path(path).stem}_fake_{cam + 1}to{c2 + 1}.jpg"
+    # a CamStyle image shows the same person in the same place: it differs from the original
+    # (another camera's background and style) far less than a different person in that camera does
+    path, pid, cam = ds.train[0]
+    c2 = (cam + 1) % C
+    orig, fake = _pixels(Path(path)), _pixels(Path(ds.camstyle_for(path)[c2]))
+    assert orig.shape == fake.shape and not np.array_equal(orig, fake)
+    stem, target = parse_camstyle_name(ds.camstyle_for(path)[c2])
+    assert stem == Path(path).stem and target == c2
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_manifest_true_ids(tiny, domain):
+    tree = tiny[domain]
+    man = json.loads((tree / "manifest.json").read_text())
+    train_files = sorted(p.name for p in (tree / "bounding_box_train").iterdir())
+    assert sorted(man["train_true_pids"]) == train_files
+    for name, pid in man["train_true_pids"].items():
+        assert parse_reid_name(name)[0] == pid
+    assert man["domain"] == domain and man["scale"] == "tiny" and man["seed"] == 0
+    assert man["num_cams"] == DOMAINS[domain].num_cams and len(man["cameras"]) == man["num_cams"]
+    assert set(man["identities"]) >= {str(p) for p in man["train_true_pids"].values()}
+    ds = load_reid_dataset(tree)
+    assert [man["train_true_pids"][Path(p).name] for p, _, _ in ds.train] == ds.train_original_pids
+
+
+def test_domains_have_disjoint_and_differently_distributed_identities(tiny):
+    app = {}
+    for d, tree in tiny.items():
+        ids = json.loads((tree / "manifest.json").read_text())["identities"]
+        app[d] = np.array([v["upper"] + v["lower"] + v["hair"] + v["shoes"] for v in ids.values()])
+    m, k = app["synth_market"], app["synth_duke"]
+    closest = np.sqrt(((m[:, None] - k[None]) ** 2).sum(-1)).min()
+    assert closest > 0.01  # no person appears in both domains
+    # summer vs winter clothing: the upper garments' mean brightness differs clearly
+    assert m[:, :3].mean() - k[:, :3].mean() > 0.15
+
+
+def _hist_feature(path: str) -> np.ndarray:
+    """Colour histogram of the image centre after grey-world normalisation (camera-agnostic-ish)."""
+    x = _pixels(Path(path))
+    H, W, _ = x.shape
+    x = x[int(0.15 * H) : int(0.9 * H), int(0.3 * W) : int(0.7 * W)]
+    x = x / (x.reshape(-1, 3).mean(0) + 1e-6) / 3
+    h, _ = np.histogramdd(x.reshape(-1, 3), bins=(4, 4, 4), range=[(0, 1)] * 3)
+    return np.sqrt(h.ravel() / h.sum())
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_same_identity_is_closer_across_cameras(tiny, domain):
+    ds = load_reid_dataset(tiny[domain])
+    feats = np.stack([_hist_feature(p) for p, _, _ in ds.train])
+    pid = np.array([p for _, p, _ in ds.train])
+    cam = np.array([c for _, _, c in ds.train])
+    dist = ((feats[:, None] - feats[None]) ** 2).sum(-1)
+    same = (pid[:, None] == pid[None]) & (cam[:, None] != cam[None])
+    diff = pid[:, None] != pid[None]
+    assert dist[same].mean() < 0.8 * dist[diff].mean()
+    dist[cam[:, None] == cam[None]] = np.inf  # retrieve from the other cameras only
+    rank1 = (pid[dist.argmin(1)] == pid).mean()
+    assert rank1 > 4.0 / ds.num_train_pids  # far above chance even for a colour histogram
+
+
+def test_domains_differ_in_colour_statistics(tiny):
+    stats = {}
+    for d, tree in tiny.items():
+        ds = load_reid_dataset(tree)
+        px = np.stack([_pixels(Path(p)) for p, _, _ in ds.train[::4]])
+        stats[d] = px.mean((0, 1, 2)), px.std()
+    (m_mean, m_std), (k_mean, k_std) = stats["synth_market"], stats["synth_duke"]
+    assert m_mean.mean() - k_mean.mean() > 0.2  # bright vs dark
+    assert k_mean[2] / k_mean[0] > 1.2 * m_mean[2] / m_mean[0]  # cold vs warm white balance
+    assert m_std > k_std  # low contrast in the dark domain
+
+
+def test_determinism_and_seed(tmp_path):
+    a = make_synthetic_reid(tmp_path / "a", "synth_duke", MICRO, seed=3, workers=1)
+    b = make_synthetic_reid(tmp_path / "b", "synth_duke", MICRO, seed=3, workers=2)
+    c = make_synthetic_reid(tmp_path / "c", "synth_duke", MICRO, seed=4, workers=1)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    n_query = len(list((a / "query").iterdir()))
+    assert len(files_a) == 12 + 12 * 7 + n_query + 10 + 2 + 2  # train, CamStyle (8 cameras), query, gallery
+    for f in files_a:
+        assert np.array_equal(_pixels(a / f), _pixels(b / f)), f
+    assert files_a != sorted(p.relative_to(c) for p in c.rglob("*.jpg"))
+
+
+def test_cache_and_interrupted_generation(tmp_path):
+    out = make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=0)
+    marker = out / ".complete"
+    stamp = marker.stat().st_mtime_ns
+    t = time.perf_counter()
+    assert make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=0) == out
+    assert time.perf_counter() - t < 0.5 and marker.stat().st_mtime_ns == stamp
+    # an interrupted run: the tree is there but the marker is not -> generated again
+    marker.unlink()
+    (out / "query" / "leftover.jpg").write_bytes(b"")
+    assert make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=0) == out
+    assert marker.is_file() and not (out / "query" / "leftover.jpg").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    # a tree from an older generator version is redrawn, not silently reused
+    key = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**key, "version": key["version"] - 1}))
+    (out / "query" / "stale.jpg").write_bytes(b"")
+    assert make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=0) == out
+    assert json.loads(marker.read_text()) == key and not (out / "query" / "stale.jpg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_load_by_name_generates_under_root(tmp_path):
+    ds = load_reid_dataset("synth_market", tmp_path, scale=MICRO, seed=1)
+    assert ds.root.parent == tmp_path and ds.num_cams == 6 and ds.num_train_pids == 4
+    assert ds.has_camstyle
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic domain"):
+        make_synthetic_reid(tmp_path, "synth_cuhk")
+    with pytest.raises(ValueError, match="unknown scale"):
+        make_synthetic_reid(tmp_path, "synth_market", "huge")
+    with pytest.raises(ValueError, match="image_size"):
+        make_synthetic_reid(tmp_path, "synth_market", MICRO, image_size=(8, 4))
+    assert not os.listdir(tmp_path)
+
+
+def test_render_identities_preview():
+    x = render_identities("synth_duke", num_ids=3, cams=[0, 5], seed=0)
+    assert x.shape == (3, 2, 128, 64, 3) and x.dtype == np.uint8
+    assert np.array_equal(x, render_identities("synth_duke", num_ids=3, cams=[0, 5], seed=0))
+
+
+def test_image_grid():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reidlab.viz import image_grid
+
+    x = render_identities("synth_market", num_ids=2, cams=[0, 1, 2], seed=0)
+    fig = image_grid([list(x[0]), [x[1][0], None, x[1][2]]], row_titles=["a", "b"], col_titles=["1", "2", "3"])
+    axes = fig.axes
+    assert len(axes) == 6
+    assert [len(ax.images) for ax in axes] == [1, 1, 1, 1, 0, 1]  # None leaves a cell empty
+    assert np.array_equal(axes[1].images[0].get_array(), x[0][1])
+    assert [ax.get_title() for ax in axes[:3]] == ["1", "2", "3"] and axes[3].get_ylabel() == "b"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="row titles"):
+        image_grid(x, row_titles=["only one"])
+    with pytest.raises(ValueError, match="empty"):
+        image_grid([])
