@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .bn import _model_device as _device_of  # one definition of "where does this model live"
+
 __all__ = ["PATTERNS", "make_toy_images", "SmallBNNet", "train_classifier", "accuracy"]
 
 #: The class patterns, in label order: class ``k`` is ``PATTERNS[k]``.
@@ -193,12 +195,6 @@ class SmallBNNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def train_classifier(
