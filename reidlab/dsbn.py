@@ -5,7 +5,7 @@ Source and target re-ID data differ in camera style, so one shared BN learns a m
 fits neither domain; DSBN (Chang et al., CVPR 2019) keeps a separate ``nn.BatchNorm`` per
 domain, while every convolution stays shared. Notebook 06 measures the per-layer statistics
 gap between two synthetic domains, writes the split-batch layer out by hand, and tests the
-claim of ``../shared/sources/000`` that routing target test data through the target BN or
+claim of a widely copied DSBN blog snippet that routing target test data through the target BN or
 through one unified BN makes no difference.
 
 What is here, and how it differs from the widely copied snippet (``sources/000``):

@@ -30,7 +30,7 @@ Choices, and why (each checked against ECN's code):
 * **Initialisation** as in ECN: the FC gets Kaiming (fan_out), BN1d weight 1 / bias 0,
   the classifier N(0, 0.001); the backbone keeps torchvision's initialisation.
 
-``neck='bnneck'`` (the post ../shared/sources/002 and Luo et al.): ``pool5`` (or the FC
+``neck='bnneck'`` (a blog post on ResNet-IBN-a re-ID baselines, and Luo et al.): ``pool5`` (or the FC
 output when ``num_features > 0``) goes through a ``BatchNorm1d`` whose bias is frozen at 0,
 and a bias-free classifier reads the BN'd feature. The feature *before* the BN ('feat')
 is the one a triplet loss would use; the BN'd one ('embed') feeds the classifier and is
