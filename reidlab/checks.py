@@ -301,6 +301,19 @@ def _small_bn_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def _apply_and_list_bns(fn: Callable[[torch.nn.Module], Any], model: torch.nn.Module):
+    """Apply a learner's ``fn(model)`` and list the resulting BN layers as ``(name, module)``.
+
+    ``fn`` may change the model in place (any return value) or return a new model.
+    """
+    from torch import nn
+
+    out = fn(model)
+    if isinstance(out, nn.Module):
+        model = out
+    return model, [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def check_make_untracked(fn: Callable[[torch.nn.Module], Any]) -> None:
     """Notebook 04: ``fn(model)`` must turn every BN layer of ``model`` into an untracked one, in place.
 
@@ -308,14 +321,9 @@ def check_make_untracked(fn: Callable[[torch.nn.Module], Any]) -> None:
     is False *and* the buffers are ``None``, so both modes use batch statistics and the
     ``state_dict`` has no running-stat keys. gamma/beta and other weights stay as they were.
     """
-    from torch import nn
-
     model = _small_bn_model()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    out = fn(model)
-    if isinstance(out, nn.Module):  # changed in place (any return value) or returned a new model
-        model = out
-    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model, bns = _apply_and_list_bns(fn, model)
     if len(bns) != 3:
         fail(f"the model should still have its 3 BN layers, found {len(bns)}: change them, do not remove them")
     for name, m in bns:
@@ -354,13 +362,8 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     Frozen means: gamma/beta get no gradient (``requires_grad=False``), the running statistics
     stay put *and are used* even after ``model.train()``, and nothing else is frozen.
     """
-    from torch import nn
-
     model = _small_bn_model()
-    out = fn(model)
-    if isinstance(out, nn.Module):  # changed in place (any return value) or returned a new model
-        model = out
-    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model, bns = _apply_and_list_bns(fn, model)
     if len(bns) != 3:
         fail(f"expected the model's 3 BN layers to stay BatchNorm layers, found {len(bns)}")
     for name, m in bns:
