@@ -1,0 +1,269 @@
+"""ECN's exemplar memory and invariance loss (taught in notebook 09, used by notebook 10).
+
+ECN (Zhong et al., "Invariance Matters: Exemplar Memory for Domain Adaptive Person
+Re-identification", CVPR 2019) treats every unlabelled target image as its own class. A
+*memory* ``M`` (``num_samples x num_features``) holds one L2-normalised feature per target
+training image; it is a non-parametric classifier whose "weights" are those features:
+
+* **logits** ``f @ M.T / beta`` for a batch of target features ``f`` (``beta = 0.05`` is a
+  softmax temperature: cosine similarities in [-1, 1] become logits in [-20, 20]);
+* **exemplar invariance**: cross-entropy towards the image's own slot, which pushes each
+  image away from all others;
+* **camera invariance**: the same loss on camera-style-transferred copies of the image
+  (done by the data loader, see :mod:`reidlab.data.loaders`), so the slot also attracts
+  the image as other cameras would see it;
+* **neighbourhood invariance** (from epoch ``knn_epoch`` on; the paper's code uses
+  ``epoch > 4``): a soft target that also puts weight ``1/k`` on the ``k`` slots with the
+  highest logits (computed from the detached logits), pulling likely same-identity
+  images together;
+* **memory update** in ``backward``: each batch row becomes
+  ``M[i] <- a * M[i] + (1 - a) * f``, then is L2-normalised, with ``a = alpha * epoch``.
+
+Exactly as in the published code (and worth knowing):
+
+* ``a = alpha * epoch`` is **0 at epoch 0**: during the first epoch each slot is simply
+  *replaced* by the newest feature; the memory only becomes a moving average later, and
+  ``a`` grows to 0.59 at epoch 59.
+* The soft target's top-k is taken over *all* slots, so it usually contains the image's
+  own slot (its logit is the largest once the memory is trained). That entry is then
+  overwritten with 1: the row is **not** renormalised, its weights sum to ``1 + (k-1)/k``
+  when the own slot is in the top-k and to 2 when it is not.
+* The gradient with respect to the features uses the memory *before* this step's update
+  (the reference computes it first and updates afterwards); so does this module.
+
+What differs from the reference, on purpose: the memory is a registered buffer (saved in
+``state_dict`` and checkpoints, never touched by an optimizer or weight decay), the autograd
+Function is a modern static one, the update is vectorised over the batch (no Python loop;
+notebook 09 and ``benchmarks/bench_memory.py`` measure the speed-up), and a batch that
+contains an index more than once gives exactly what the reference's sequential loop gives.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "InvarianceLoss",
+    "memory_update_",
+    "memory_update_loop_",
+    "smooth_targets",
+    "knn_precision",
+]
+
+
+def _occurrence_rank(indices: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same index (0 for the first).
+
+    ``[5, 3, 5, 5, 3] -> [0, 0, 1, 2, 1]``. Computed with a stable sort, no Python loop.
+    """
+    n = indices.numel()
+    order = torch.sort(indices, stable=True).indices
+    sorted_idx = indices[order]
+    pos = torch.arange(n, device=indices.device)
+    new_group = torch.ones(n, dtype=torch.bool, device=indices.device)
+    new_group[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    group_start = torch.cummax(torch.where(new_group, pos, torch.zeros_like(pos)), dim=0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - group_start
+    return rank
+
+
+@torch.no_grad()
+def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float) -> torch.Tensor:
+    """Update ``memory`` in place: ``M[i] <- rate * M[i] + (1 - rate) * f``, then L2-normalise.
+
+    Vectorised over the batch. Indices that occur more than once are applied in batch order,
+    one "round" per repetition (round ``r`` updates every row's ``r``-th occurrence at once),
+    which is exactly the per-sample loop of the published code
+    (:func:`memory_update_loop_`): the second occurrence sees the row the first one wrote.
+    A batch of distinct indices takes a single round.
+
+    Returns ``memory`` (for chaining).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(
+            f"update rate alpha*epoch = {rate:g} must lie in [0, 1] (it is a moving-average "
+            "weight; with alpha=0.01 that holds up to epoch 100)"
+        )
+    indices = indices.to(memory.device).long().view(-1)
+    features = features.detach().to(memory.device, memory.dtype)
+    if indices.numel() != features.shape[0]:
+        raise ValueError(f"{indices.numel()} indices for {features.shape[0]} features")
+    if indices.numel() == 0:
+        return memory
+    rank = _occurrence_rank(indices)
+    rounds = int(rank.max().item()) + 1
+    for r in range(rounds):
+        if rounds == 1:  # the usual case: distinct indices, no masking needed
+            idx, feats = indices, features
+        else:
+            sel = rank == r
+            idx, feats = indices[sel], features[sel]
+        # two products and a sum, as the published code writes it (bit-identical results)
+        rows = memory.index_select(0, idx).mul_(rate).add_(feats * (1.0 - rate))
+        rows.div_(rows.norm(dim=1, keepdim=True))
+        memory.index_copy_(0, idx, rows)
+    return memory
+
+
+@torch.no_grad()
+def memory_update_loop_(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float) -> torch.Tensor:
+    """The published code's update, one sample at a time (the reference for tests and benchmarks)."""
+    for x, y in zip(features.detach().to(memory.dtype), indices.tolist()):
+        memory[y] = rate * memory[y] + (1.0 - rate) * x
+        memory[y] /= memory[y].norm()
+    return memory
+
+
+def smooth_targets(logits: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """ECN's neighbourhood-invariance target (the reference's ``smooth_hot``).
+
+    ``1/k`` on each of the ``k`` largest entries of each row of ``logits`` (detached), then
+    ``1`` on the image's own slot, which overrides the ``1/k`` when the own slot is among
+    the top-k. Rows are not renormalised (see the module docstring).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > logits.shape[1]:
+        raise ValueError(f"k={k} neighbours requested but the memory has only {logits.shape[1]} slots")
+    logits = logits.detach()
+    # torch.sort(descending, stable) ranks ties by slot order, like the reference's sort.
+    top = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+    target = torch.zeros_like(logits)
+    target.scatter_(1, top, 1.0 / k)
+    target.scatter_(1, indices.view(-1, 1).to(logits.device), 1.0)
+    return target
+
+
+class _ExemplarMemory(torch.autograd.Function):
+    """``logits = features @ memory.T``; backward returns the features' gradient, then updates."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, indices: torch.Tensor, memory: torch.Tensor, rate: float) -> torch.Tensor:
+        ctx.save_for_backward(features, indices)
+        ctx.memory, ctx.rate = memory, rate
+        return features.to(memory.dtype) @ memory.t()
+
+    @staticmethod
+    def backward(ctx: Any, grad_logits: torch.Tensor):
+        features, indices = ctx.saved_tensors
+        grad_features = None
+        if ctx.needs_input_grad[0]:
+            # The memory as it was in forward: the update below comes after.
+            grad_features = (grad_logits.to(ctx.memory.dtype) @ ctx.memory).to(features.dtype)
+        memory_update_(ctx.memory, indices, features, ctx.rate)
+        return grad_features, None, None, None
+
+
+class InvarianceLoss(nn.Module):
+    """ECN's target-domain loss on an exemplar memory (see the module docstring).
+
+    Parameters
+    ----------
+    num_samples:
+        Number of target training images (one memory slot each; Market-1501: 12,936).
+    num_features:
+        Feature width (ECN: the 4096-d embedding).
+    beta:
+        Softmax temperature (ECN: 0.05).
+    knn:
+        Number of neighbours ``k`` of the neighbourhood-invariance target (ECN: 6);
+        ``0`` switches the neighbourhood term off (the E and E+C ablations).
+    alpha:
+        Memory update rate per epoch: the moving-average weight is ``alpha * epoch``
+        (ECN: 0.01).
+    knn_epoch:
+        First epoch that uses the soft target (ECN's code: ``epoch > 4``, i.e. 5).
+
+    Call ``loss = crit(features, indices, epoch)`` with the batch's features (the model's
+    ``tgt_feat``), their indices into the target training set and the 0-based epoch;
+    ``loss.backward()`` then updates ``crit.memory``. The memory starts at zeros, as in the
+    published code, and is filled by the first epoch's updates (rate 0 there).
+    """
+
+    memory: torch.Tensor
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_features: int,
+        beta: float = 0.05,
+        knn: int = 6,
+        alpha: float = 0.01,
+        knn_epoch: int = 5,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1 or num_features < 1:
+            raise ValueError(f"num_samples and num_features must be >= 1, got {num_samples}, {num_features}")
+        if beta <= 0:
+            raise ValueError(f"beta (a temperature) must be > 0, got {beta}")
+        if not 0 <= knn <= num_samples:
+            raise ValueError(f"knn must be in [0, num_samples={num_samples}], got {knn}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.num_samples, self.num_features = num_samples, num_features
+        self.beta, self.knn, self.alpha, self.knn_epoch = beta, knn, alpha, knn_epoch
+        self.register_buffer("memory", torch.zeros(num_samples, num_features))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_samples={self.num_samples}, num_features={self.num_features}, beta={self.beta}, "
+            f"knn={self.knn}, alpha={self.alpha}, knn_epoch={self.knn_epoch}"
+        )
+
+    def uses_knn(self, epoch: int) -> bool:
+        """Whether ``epoch`` uses the neighbourhood (soft) target."""
+        return self.knn > 0 and epoch >= self.knn_epoch
+
+    def forward(self, features: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"features must be (batch, {self.num_features}), got {tuple(features.shape)}")
+        indices = torch.as_tensor(indices, device=features.device).long().view(-1)
+        if indices.numel() != features.shape[0]:
+            raise ValueError(f"{indices.numel()} indices for a batch of {features.shape[0]} features")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_samples):
+            raise ValueError(f"indices must lie in [0, {self.num_samples}); got {indices.min().item()}..{indices.max().item()}")
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        rate = self.alpha * epoch
+        if rate > 1.0:
+            raise ValueError(f"alpha*epoch = {rate:g} > 1: the memory update would not be a moving average")
+        with torch.autocast(features.device.type, enabled=False):
+            logits = _ExemplarMemory.apply(features, indices, self.memory, rate) / self.beta
+            if self.uses_knn(epoch):
+                target = smooth_targets(logits, indices, self.knn)
+                return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            return F.cross_entropy(logits, indices)
+
+
+@torch.no_grad()
+def knn_precision(memory: torch.Tensor, true_ids: Any, k: int = 6, *, chunk: int = 2048) -> float:
+    """Fraction of each slot's ``k`` nearest slots (cosine, itself excluded) with its true id.
+
+    This is what the neighbourhood term relies on: ECN pulls each image towards its top-k
+    memory neighbours, which only helps if they are mostly the same person. The true ids
+    are never used for training; the synthetic world (and real datasets' file names) know
+    them, so notebooks 09 and 10 can measure this as training proceeds. Rows that are all
+    zero (slots never written) count as misses.
+    """
+    memory = memory.float()
+    ids = torch.as_tensor(true_ids, device=memory.device).view(-1)
+    n = memory.shape[0]
+    if ids.numel() != n:
+        raise ValueError(f"{ids.numel()} true ids for a memory of {n} slots")
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    unit = F.normalize(memory, dim=1)
+    hits = 0.0
+    for start in range(0, n, chunk):
+        sim = unit[start:start + chunk] @ unit.t()
+        rows = torch.arange(start, min(start + chunk, n), device=memory.device)
+        sim[rows - start, rows] = float("-inf")
+        nn_idx = sim.topk(k, dim=1).indices
+        same = ids[nn_idx] == ids[rows].view(-1, 1)
+        written = memory[rows].abs().sum(dim=1, keepdim=True) > 0
+        hits += (same & written).float().sum().item()
+    return hits / (n * k)
