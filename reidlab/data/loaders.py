@@ -10,11 +10,17 @@ Three map-style datasets over ``(path, pid, camid)`` lists from
 * :class:`CamStyleTargetDataset` -- ``(image, index)`` like ECN's
   ``UnsupervisedCamStylePreprocessor``: per sample, draw one of the ``num_cams`` cameras
   uniformly; its own camera gives the original image, any other camera the CamStyle image
-  rendered in that camera's style. With 6 cameras, 1/6 of the samples are originals.
+  rendered in that camera's style. With 6 cameras, 1/6 of the samples are originals;
+* :class:`ColorStyleTargetDataset` -- the same sampling for a target set *without* CamStyle
+  images: another camera's style is imitated on the fly by colour-statistics transfer
+  (:mod:`reidlab.data.camstyle`, a documented stand-in).
 
 :func:`make_loader` builds a DataLoader with an explicit ``torch.Generator`` (so the
 shuffle order and, through per-worker seeding, the augmentations repeat for a seed) and
-``pin_memory`` only when the data is going to a CUDA device.
+``pin_memory`` only when the data is going to a CUDA device. :func:`make_reid_loaders`
+builds the four loaders of a domain-adaptation run; its ``camstyle`` argument picks the
+target dataset (ECN's trainer, :func:`reidlab.train.train_ecn`, uses it for its E / E+C
+switches).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .camstyle import CameraColorStats, camera_color_stats, transfer_camera_style
 from .datasets import ReIDDataset
 from .transforms import build_test_transform, build_train_transform
 
@@ -31,6 +38,9 @@ __all__ = [
     "ImageDataset",
     "TargetDataset",
     "CamStyleTargetDataset",
+    "ColorStyleTargetDataset",
+    "CAMSTYLE_MODES",
+    "target_train_dataset",
     "make_loader",
     "ReIDLoaders",
     "make_reid_loaders",
@@ -155,6 +165,118 @@ class CamStyleTargetDataset(_Base):
         return self._load(path), index
 
 
+class ColorStyleTargetDataset(_Base):
+    """``(image, index)`` with CamStyle sampling, other cameras imitated by colour transfer.
+
+    The stand-in for :class:`CamStyleTargetDataset` when the target set has no
+    ``bounding_box_train_camstyle`` folder (a real dataset whose CamStyle images were not
+    downloaded). Per sample one of the ``num_cams`` cameras is drawn uniformly, as ECN's
+    loader does; the image's own camera gives the original, another camera the original
+    mapped to that camera's colour statistics (:func:`reidlab.data.camstyle.transfer_camera_style`),
+    computed on the fly before the training transform.
+
+    Parameters
+    ----------
+    items:
+        Target training items ``(path, pid, camid)``; pids are ignored.
+    stats:
+        Per-camera colour statistics of the target training set
+        (:func:`reidlab.data.camstyle.camera_color_stats`); cameras without images are never
+        styled into (the original is used instead).
+    num_cams:
+        Cameras to draw from; default ``stats.num_cams``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        stats: CameraColorStats,
+        num_cams: int | None = None,
+        transform: Transform | None = None,
+        *,
+        cache: bool = False,
+    ) -> None:
+        super().__init__(items, transform, cache=cache)
+        self.stats = stats
+        self.num_cams = int(num_cams if num_cams is not None else stats.num_cams)
+        if self.num_cams < 1:
+            raise ValueError(f"num_cams must be >= 1, got {self.num_cams}")
+        if self.num_cams > stats.num_cams:
+            raise ValueError(f"num_cams={self.num_cams} but colour statistics cover only {stats.num_cams} cameras")
+        unknown = sorted({c for _, _, c in self.items if not stats.available(c)})
+        if unknown:
+            raise ValueError(f"cameras {unknown} of the items have no colour statistics (compute them on these items)")
+
+    def choose(self, index: int, generator: torch.Generator | None = None) -> int:
+        """Draw the camera whose style sample ``index`` gets; its own camera means the original."""
+        cam = self.items[index][2]
+        chosen = int(torch.randint(self.num_cams, (), generator=generator).item())
+        return chosen if self.stats.available(chosen) else cam
+
+    def styled(self, index: int, camid: int) -> Image.Image:
+        """Sample ``index`` rendered by camera ``camid`` (before the transform)."""
+        path, _, cam = self.items[index]
+        if self._cache is not None:
+            img = self._cache.get(path)
+            if img is None:
+                img = self._cache[path] = read_image(path)
+        else:
+            img = read_image(path)
+        return img if camid == cam else transfer_camera_style(img, cam, camid, self.stats)
+
+    def __getitem__(self, index: int):
+        img = self.styled(index, self.choose(index))
+        return (self.transform(img) if self.transform is not None else img), index
+
+
+#: ``camstyle=`` choices of :func:`make_reid_loaders` / :func:`target_train_dataset`.
+CAMSTYLE_MODES: tuple[str, ...] = ("none", "folder", "color", "auto")
+
+
+def target_train_dataset(
+    target: ReIDDataset,
+    transform: Transform | None,
+    *,
+    camstyle: bool | str = "auto",
+    cache: bool = False,
+    color_space: str = "lab",
+    seed: int = 0,
+) -> Dataset:
+    """The target-domain training set for ECN: plain, CamStyle folder, or colour stand-in.
+
+    ``camstyle``:
+
+    * ``'none'`` / ``False`` -- :class:`TargetDataset` (no camera invariance: ECN's E, E+N);
+    * ``'folder'`` -- :class:`CamStyleTargetDataset` on the tree's
+      ``bounding_box_train_camstyle`` images; a ``ValueError`` if it has none;
+    * ``'color'`` -- :class:`ColorStyleTargetDataset` (the colour-statistics stand-in);
+    * ``'auto'`` -- the folder when the tree has one, else the colour stand-in;
+    * ``True`` -- the folder when the tree has one, else no camera invariance (the
+      behaviour of earlier versions of :func:`make_reid_loaders`).
+    """
+    if camstyle is True:
+        mode = "folder" if target.has_camstyle else "none"
+    elif camstyle is False:
+        mode = "none"
+    elif camstyle in CAMSTYLE_MODES:
+        mode = camstyle
+    else:
+        raise ValueError(f"camstyle={camstyle!r}: choose True, False or one of {', '.join(CAMSTYLE_MODES)}")
+    if mode == "auto":
+        mode = "folder" if target.has_camstyle else "color"
+    if mode == "none":
+        return TargetDataset(target.train, transform, cache=cache)
+    if mode == "folder":
+        if not target.has_camstyle:
+            raise ValueError(
+                f"camstyle='folder' but {target.root} has no bounding_box_train_camstyle/ images; "
+                "use camstyle='color' for the colour-statistics stand-in"
+            )
+        return CamStyleTargetDataset(target.train, target.camstyle, target.num_cams, transform, cache=cache)
+    stats = camera_color_stats(target.train, target.num_cams, space=color_space, seed=seed)
+    return ColorStyleTargetDataset(target.train, stats, target.num_cams, transform, cache=cache)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -164,12 +286,17 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     device: str | torch.device = "cpu",
+    persistent_workers: bool | None = None,
 ) -> DataLoader:
     """A DataLoader with an explicit generator; ``pin_memory`` only for a CUDA ``device``.
 
-    The generator drives the shuffle order and the base seed of every worker, so two
-    loaders with the same ``seed`` yield the same batches, augmentations included.
-    Pinned memory only helps host-to-GPU copies; on a CPU run it just costs time.
+    The generator (``loader.generator``) drives the shuffle order and the base seed of every
+    worker, so two loaders with the same ``seed`` yield the same batches, augmentations
+    included. Pinned memory only helps host-to-GPU copies; on a CPU run it just costs time.
+    ``persistent_workers`` (default: whenever there are workers) keeps worker processes
+    alive between epochs; they are then seeded only once, so a trainer that reseeds
+    ``loader.generator`` every epoch to make each epoch reproducible on its own (exact
+    resume) passes ``False``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -185,7 +312,7 @@ def make_loader(
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop_last,
         generator=gen,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 and (persistent_workers is None or bool(persistent_workers)),
     )
 
 
@@ -208,26 +335,28 @@ def make_reid_loaders(
     num_workers: int = 0,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    camstyle: bool = True,
+    camstyle: bool | str = True,
     random_erasing: float = 0.5,
     cache: bool = False,
+    persistent_workers: bool | None = None,
+    test_batch_size: int | None = None,
 ) -> ReIDLoaders:
-    """Source train (labelled), target train (index, CamStyle when available), target query/gallery.
+    """Source train (labelled), target train (index, CamStyle per ``camstyle``), target query/gallery.
 
     Training loaders shuffle and drop the last incomplete batch (as ECN does, so BN never
-    sees a tiny batch); test loaders keep order.
+    sees a tiny batch); test loaders keep order. ``camstyle`` picks the target training set
+    (see :func:`target_train_dataset`; ``True``: CamStyle images when the tree has them).
+    The target loader's seed is ``seed + 1``, so the two domains are not shuffled alike.
     """
     train_tf = build_train_transform(height, width, random_erasing=random_erasing)
     test_tf = build_test_transform(height, width)
     src = ImageDataset(source.train, train_tf, cache=cache)
-    if camstyle and target.has_camstyle:
-        tgt: Dataset = CamStyleTargetDataset(target.train, target.camstyle, target.num_cams, train_tf, cache=cache)
-    else:
-        tgt = TargetDataset(target.train, train_tf, cache=cache)
-    kw = dict(num_workers=num_workers, device=device)
+    tgt = target_train_dataset(target, train_tf, camstyle=camstyle, cache=cache, seed=seed)
+    kw = dict(num_workers=num_workers, device=device, persistent_workers=persistent_workers)
+    test_bs = test_batch_size or batch_size
     return ReIDLoaders(
         make_loader(src, batch_size, shuffle=True, drop_last=True, seed=seed, **kw),
         make_loader(tgt, batch_size, shuffle=True, drop_last=True, seed=seed + 1, **kw),
-        make_loader(ImageDataset(target.query, test_tf, cache=cache), batch_size, seed=seed, **kw),
-        make_loader(ImageDataset(target.gallery, test_tf, cache=cache), batch_size, seed=seed, **kw),
+        make_loader(ImageDataset(target.query, test_tf, cache=cache), test_bs, seed=seed, **kw),
+        make_loader(ImageDataset(target.gallery, test_tf, cache=cache), test_bs, seed=seed, **kw),
     )
