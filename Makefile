@@ -12,7 +12,7 @@ WORKERS ?= 2
 PROFILE ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab run test figures assignments grade clean
+.PHONY: help install lab run test figures assignments grade instructors-table clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
@@ -21,6 +21,7 @@ help:
 	@echo "make figures  regenerate figures/ from the notebooks"
 	@echo "make assignments  write student versions of the notebooks to build/assignments/"
 	@echo "make grade SUBMISSIONS=dir  grade dir/<student>/<notebook>.ipynb into build/grades.csv"
+	@echo "make instructors-table  regenerate the exercise table in docs/INSTRUCTORS.md from the notebooks"
 	@echo "make clean    remove build/ and caches (keeps .venv and data/)"
 
 $(STAMP): pyproject.toml
@@ -54,6 +55,10 @@ assignments: $(STAMP)
 SUBMISSIONS ?= submissions
 grade: $(STAMP)
 	$(PY) tools/assign.py grade $(SUBMISSIONS) --source notebooks --out build/grades.csv
+
+# The exercise table of docs/INSTRUCTORS.md, from the notebooks' exercise leads and graded cells.
+instructors-table: $(STAMP)
+	$(PY) tools/assign.py table --update docs/INSTRUCTORS.md $(NOTEBOOKS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -8,9 +8,27 @@ the same checkers serve self-study and classroom grading.
 
 How exercises work is shown in notebook 00; a checker lives here (not in the notebook) so
 the student version of a notebook can call it without seeing the solution.
+
+An exercise not attempted yet gets a sentence too, not a bare traceback (no decorator
+needed: this works for every ``check_*`` in this module, wherever it is defined):
+
+* every public ``check_*`` read from this module comes wrapped by
+  :func:`explain_unattempted`, which turns the student stub's ``raise NotImplementedError()``
+  into an :class:`ExerciseError` saying what to do;
+* inside IPython/Jupyter, importing this module installs a handler for the graded cell of a
+  solution written at the top level: the stub stops the solution cell, so the graded cell
+  finds the answer's name undefined (``NameError``); that, and a stub called directly in a
+  graded cell, are shown as an :class:`ExerciseError` too. Other errors are shown as usual.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import linecache
+import sys
+import traceback
+import types
 from typing import Any, Callable
 
 import torch
@@ -26,6 +44,126 @@ def fail(message: str) -> None:
 
 def passed(what: str) -> None:
     print(f"correct: {what}")
+
+
+# --- exercises not attempted yet (applies to every check_* in this module) ------------------
+
+#: The start of every "not attempted" message (tests look for it).
+NOT_ATTEMPTED = "exercise not attempted yet"
+_STUB_HINT = "replace `raise NotImplementedError()` in the solution cell above with your code"
+
+
+def explain_unattempted(checker: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``checker`` so that the student stub's ``raise NotImplementedError()`` explains itself.
+
+    The generated student version of a notebook (``tools/assign.py``) replaces each solution
+    with ``raise NotImplementedError()``; when the checker calls that stub, the learner should
+    read what to do, not a traceback through the checker. Only a bare ``NotImplementedError()``
+    is translated: one with a message (e.g. PyTorch's "Could not run 'aten::...'") is a real
+    error and passes through, as does every other exception. This module applies the wrapper
+    to each public ``check_*`` automatically (see :class:`_CheckersModule`).
+    """
+    if getattr(checker, "_explains_unattempted", False):
+        return checker
+
+    @functools.wraps(checker)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return checker(*args, **kwargs)
+        except NotImplementedError as err:
+            if err.args:
+                raise
+            names = [a.__name__ for a in (*args, *kwargs.values()) if inspect.isfunction(a)]
+            which = f" (`{names[0]}` still raises NotImplementedError)" if names else ""
+            raise ExerciseError(f"{NOT_ATTEMPTED}: {_STUB_HINT}{which}, then run that cell again") from None
+
+    wrapper._explains_unattempted = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+_WRAPPED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
+class _CheckersModule(types.ModuleType):
+    """The type of this module: each public ``check_*`` is read through :func:`explain_unattempted`.
+
+    Wrapping on attribute access (``checks.check_x``, ``from reidlab.checks import check_x``)
+    rather than with a decorator covers every checker, including sections appended later,
+    without anyone having to remember the decorator. Calls between functions inside this
+    module are unaffected.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name.startswith("check_") and inspect.isfunction(value):
+            hit = _WRAPPED.get(name)
+            if hit is None or hit[0] is not value:
+                hit = _WRAPPED[name] = (value, explain_unattempted(value))
+            return hit[1]
+        return value
+
+
+sys.modules[__name__].__class__ = _CheckersModule
+
+
+def _graded_cell_hint(value: BaseException, tb: types.TracebackType | None) -> str | None:
+    """The explanation for an error in a cell that calls a ``check_*``, or None to show it as usual."""
+    cell = next((f for f, _ in traceback.walk_tb(tb) if f.f_code.co_name == "<module>"), None)
+    if cell is None:
+        return None
+    try:
+        tree = ast.parse("".join(linecache.getlines(cell.f_code.co_filename)))
+    except (SyntaxError, ValueError):
+        return None
+    calls = [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", getattr(node.func, "id", "")).startswith("check_")
+    ]
+    if not calls:
+        return None
+    if isinstance(value, NotImplementedError):
+        return None if value.args else f"{NOT_ATTEMPTED}: {_STUB_HINT}, then run that cell again"
+    name = getattr(value, "name", None)
+    arguments = {
+        node.id
+        for call in calls
+        for arg in (*call.args, *(k.value for k in call.keywords))
+        for node in ast.walk(arg)
+        if isinstance(node, ast.Name)
+    }
+    if isinstance(value, NameError) and name in arguments:
+        return (
+            f"{NOT_ATTEMPTED} (or its solution cell not run): `{name}` is not defined. {_STUB_HINT[0].upper()}"
+            f"{_STUB_HINT[1:]} that sets `{name}`, then run that cell"
+        )
+    return None
+
+
+def _show_in_graded_cell(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+    """IPython custom-exception handler: see the module docstring."""
+    try:
+        message = _graded_cell_hint(value, tb)
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        message = None
+    if message is None:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+    else:
+        shell.showtraceback((ExerciseError, ExerciseError(message), tb), tb_offset=tb_offset)
+
+
+def _install_ipython_hint() -> None:
+    ipython = sys.modules.get("IPython")  # not imported: not running in IPython
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return
+    ours = (NameError, NotImplementedError)
+    if tuple(shell.custom_exceptions) not in ((), ours):
+        return  # the user installed a handler of their own: leave it alone
+    shell.set_custom_exc(ours, _show_in_graded_cell)
+
+
+_install_ipython_hint()
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -849,3 +987,787 @@ def check_update_running_var(fn: Callable[[torch.Tensor, torch.Tensor, float], A
         fail(f"running_var is off by up to {(got - bn.running_var).abs().max().item():.3g} (batch of {n}, "
              f"momentum {momentum})")
     passed("running_var update, unbiased and PyTorch-weighted, matches nn.BatchNorm1d")
+
+
+# --- notebook 07 -------------------------------------------------------------------------
+
+
+def check_instance_norm(fn: Callable[..., Any]) -> None:
+    """Notebook 07: ``fn(x, eps)`` must return instance norm of an (N, C, H, W) tensor, no affine.
+
+    Each image's channel is normalised by *its own* mean and biased variance over (H, W),
+    as ``torch.nn.functional.instance_norm`` does; the answer is compared with it on
+    several batches, including a batch of one image and a per-image colour change.
+    """
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(7)
+    cases = [
+        torch.randn(4, 3, 5, 6, generator=g, dtype=torch.float64) * 2.0 + 1.0,
+        torch.rand(1, 2, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, 2, 7, generator=g, dtype=torch.float64) * torch.tensor([0.1, 1.0, 3.0, 0.5, 2.0],
+                                                                                  dtype=torch.float64).view(1, 5, 1, 1),
+    ]
+    for x in cases:
+        eps = 1e-5
+        want = F.instance_norm(x, eps=eps)
+        got = fn(x.clone(), eps)
+        got = _as_tensor(got, "instance_norm(x)").to(torch.float64)
+        if tuple(got.shape) != tuple(x.shape):
+            fail(f"instance norm keeps the input's shape {tuple(x.shape)}, got {tuple(got.shape)}: "
+                 "use keepdim=True so the statistics broadcast")
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        stat = {
+            "(N, H, W) per channel: that is batch norm, whose statistics mix the images of the batch": (0, 2, 3),
+            "(C, H, W) per image: that is layer norm, which mixes the channels (and so the colours)": (1, 2, 3),
+            "the whole tensor: one mean and variance for every image and channel": (0, 1, 2, 3),
+        }
+        for msg, dims in stat.items():
+            mu = x.mean(dims, keepdim=True)
+            var = x.var(dims, keepdim=True, unbiased=False)
+            if torch.allclose(got, (x - mu) / torch.sqrt(var + eps), atol=1e-6):
+                fail(f"you took the statistics over {msg}; instance norm uses each image's channel alone, dims (2, 3)")
+        mu = x.mean((2, 3), keepdim=True)
+        var_u = x.var((2, 3), keepdim=True, unbiased=True)
+        var_b = x.var((2, 3), keepdim=True, unbiased=False)
+        if torch.allclose(got, (x - mu) / torch.sqrt(var_u + eps), atol=1e-6):
+            fail("you normalised with the unbiased variance (divide by H*W - 1); normalisation uses the biased one "
+                 "(unbiased=False), as BN does (notebook 01)")
+        if torch.allclose(got, (x - mu) / torch.sqrt(var_b), atol=1e-6) or torch.allclose(
+            got, (x - mu) / (torch.sqrt(var_b) + eps), atol=1e-6
+        ):
+            fail("eps goes inside the square root: (x - mean) / sqrt(var + eps)")
+        if torch.allclose(got, (x - mu) / var_b, atol=1e-6) or torch.allclose(got, (x - mu) / (var_b + eps), atol=1e-6):
+            fail("divide by the standard deviation sqrt(var + eps), not by the variance")
+        fail(f"instance_norm(x) is off by up to {(got - want).abs().max().item():.3g} for a batch of shape "
+             f"{tuple(x.shape)}")
+    passed("instance norm by hand matches F.instance_norm (each image's channels by their own statistics)")
+
+
+def _ibn_split_reference(planes: int, ratio: float) -> tuple[int, int]:
+    half = int(planes * ratio)
+    return half, planes - half
+
+
+def check_ibn_split(fn: Callable[[int, float], Any]) -> None:
+    """Notebook 07: ``fn(planes, ratio)`` must return ``(IN channels, BN channels)`` of an IBN-a layer.
+
+    IBN-Net (and :class:`reidlab.ibn.IBN`) gives IN ``int(planes * ratio)`` channels (rounded
+    down) and BN the rest.
+    """
+    import math
+
+    cases = [(64, 0.5), (128, 0.5), (256, 0.5), (10, 0.25), (7, 0.5), (100, 0.3)]
+    for planes, ratio in cases:
+        want = _ibn_split_reference(planes, ratio)
+        got = fn(planes, ratio)
+        if got is None:
+            fail("your function returned None: return a pair (IN channels, BN channels)")
+        try:
+            got = tuple(int(v) for v in got)
+        except (TypeError, ValueError):
+            fail(f"return a pair of ints (IN channels, BN channels), got {got!r}")
+        if len(got) != 2:
+            fail(f"return exactly two numbers (IN channels, BN channels), got {len(got)}")
+        if got == want:
+            continue
+        if got == want[::-1]:
+            fail(f"for planes={planes}, ratio={ratio} the pair is swapped: IN takes the first int(planes * ratio) "
+                 "channels, BN the rest")
+        if sum(got) != planes:
+            fail(f"for planes={planes} the two parts add up to {sum(got)}: every channel goes to exactly one of IN "
+                 "and BN")
+        if got[0] in (round(planes * ratio), math.ceil(planes * ratio)):
+            fail(f"for planes={planes}, ratio={ratio} you rounded up; IBN-Net uses int(planes * ratio), which rounds down")
+        fail(f"for planes={planes}, ratio={ratio} expected {want}, got {got}")
+    passed("IBN-a channel split: int(planes * ratio) channels to IN, the rest to BN")
+
+
+def _norm_affine_reference(model: torch.nn.Module) -> int:
+    from torch.nn.modules.batchnorm import _NormBase
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, (_NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            total += sum(p.numel() for p in m.parameters(recurse=False))
+    return total
+
+
+def check_count_norm_params(fn: Callable[[torch.nn.Module], Any]) -> None:
+    """Notebook 07: ``fn(model)`` must count the learnable scalars (gamma and beta) of all normalisation layers.
+
+    Checked on torchvision's ``resnet18``, on ``reidlab.ibn.resnet18_ibn_a`` (whose counts
+    must agree: IN's gamma/beta replace the BN's on the same channels) and on a small model
+    with an IN layer without affine parameters and a BatchNorm1d.
+    """
+    import torchvision
+
+    from .ibn import resnet18_ibn_a
+
+    small = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.InstanceNorm2d(8), torch.nn.BatchNorm2d(8),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4),
+    )
+    models = {
+        "torchvision resnet18": torchvision.models.resnet18(weights=None),
+        "resnet18_ibn_a": resnet18_ibn_a(),
+        "a small model (IN without affine, BN2d, BN1d)": small,
+    }
+    for what, model in models.items():
+        want = _norm_affine_reference(model)
+        got = fn(model)
+        if got is None:
+            fail("your function returned None: return the number of scalars")
+        try:
+            got = int(got)
+        except (TypeError, ValueError):
+            fail(f"return one integer, got {type(got).__name__}")
+        if got == want:
+            continue
+        bn_only = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                      for p in m.parameters(recurse=False))
+        with_buffers = want + sum(
+            b.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+            for b in m.buffers(recurse=False)
+        )
+        with_counter = want + sum(
+            b.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+            for n, b in m.named_buffers(recurse=False) if n != "num_batches_tracked"
+        )
+        recursive = sum(p.numel() for m in model.modules() if "norm" in type(m).__name__.lower() or
+                        type(m).__name__ == "IBN" for p in m.parameters())
+        if got == bn_only and bn_only != want:
+            fail(f"{what}: you counted BatchNorm layers only; the InstanceNorm halves of the IBN layers have "
+                 "gamma and beta too")
+        if got in (with_buffers, with_counter) and got != want:
+            fail(f"{what}: you counted the running_mean / running_var buffers; they are statistics, not "
+                 "learnable parameters (use .parameters(), not .state_dict())")
+        if got == recursive and recursive != want:
+            fail(f"{what}: the IBN layers' gamma and beta are counted twice, once in the IBN module and once in "
+                 "its IN/BN children; use m.parameters(recurse=False), or count only the norm layers themselves")
+        if got == sum(p.numel() for p in model.parameters()):
+            fail(f"{what}: that is every parameter of the network; count only the normalisation layers' gamma and beta")
+        fail(f"{what}: expected {want} normalisation parameters, got {got}")
+    passed("normalisation parameters counted; resnet18 and resnet18_ibn_a have the same number")
+
+
+# --- notebook 09 -------------------------------------------------------------------------
+
+
+def _ex09_soft_target_reference(logits: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+    """The published ``smooth_hot``: 1/k on the top-k slots of each row, then 1 on the own slot."""
+    top = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+    target = torch.zeros_like(logits)
+    target.scatter_(1, top, 1.0 / k)
+    target.scatter_(1, indices.view(-1, 1), 1.0)
+    return target
+
+
+def _ex09_soft_target_cases() -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Logits (no ties) whose own slot is the top-1, inside the top-k, and outside it."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(4, 10, generator=g, dtype=torch.float64) * 3
+    indices = torch.tensor([2, 7, 0, 5])
+    order = torch.sort(logits, dim=1, descending=True).indices
+    # row 0: own slot is the largest; row 1: own slot 2nd; rows 2, 3: own slot at rank 6 and 9
+    for row, rank in ((0, 0), (1, 1), (2, 5), (3, 8)):
+        own, other = int(indices[row]), int(order[row, rank])
+        logits[row, own], logits[row, other] = logits[row, other].clone(), logits[row, own].clone()
+    return [(logits, indices, 3), (logits[:2], indices[:2], 1), (logits, indices, 6)]
+
+
+def check_soft_target(fn: Callable[[torch.Tensor, torch.Tensor, int], Any]) -> None:
+    """Notebook 09: ``fn(logits, indices, k)`` must return ECN's neighbourhood target (``smooth_hot``).
+
+    Each row: ``1/k`` on the ``k`` slots with the largest logits, then ``1`` on the image's own
+    slot (``indices``), overriding its ``1/k`` when it is among them; no renormalisation.
+    """
+    for logits, indices, k in _ex09_soft_target_cases():
+        want = _ex09_soft_target_reference(logits, indices, k)
+        given = logits.clone()
+        got = _as_tensor(fn(given, indices.clone(), k), f"soft_target(logits, indices, k={k})")
+        if not torch.equal(given, logits):
+            fail("your function changed the logits in place: work on a new tensor (e.g. torch.zeros_like)")
+        if tuple(got.shape) != tuple(want.shape):
+            fail(f"the target has shape {tuple(got.shape)}, expected {tuple(want.shape)}: one row per image, "
+                 "one column per memory slot")
+        got = got.detach().to(torch.float64)
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        n = logits.shape[0]
+        rows = torch.arange(n)
+        own = torch.zeros_like(want)
+        own[rows, indices] = 1.0
+        top = torch.sort(logits, dim=1, descending=True).indices[:, :k]
+        spread = torch.zeros_like(want).scatter_(1, top, 1.0 / k)
+        masked = logits.clone()
+        masked[rows, indices] = float("-inf")
+        others = torch.zeros_like(want).scatter_(1, torch.sort(masked, dim=1, descending=True).indices[:, :k], 1.0 / k)
+        bottom = torch.zeros_like(want).scatter_(1, torch.sort(logits, dim=1).indices[:, :k], 1.0 / k)
+        wrong = [
+            (want / want.sum(dim=1, keepdim=True),
+             "you renormalised the row to sum 1; ECN's smooth_hot does not: a row sums to 1 + (k-1)/k when the own "
+             "slot is among the top-k and to 2 when it is not"),
+            (spread + own,
+             "you added 1 to the own slot; the published code overwrites it (scatter_ of 1 after the 1/k), so the "
+             "own slot holds exactly 1"),
+            (torch.where(own > 0, own, others),
+             "you kept the own slot out of the top-k; the published smooth_hot takes the top-k over all slots, so "
+             "the own slot (usually the largest logit) uses up one of the k places"),
+            (torch.where(own > 0, own, bottom), "you took the k smallest logits; sort in descending order"),
+            (spread, "the own slot must get weight 1 (exemplar invariance), whatever its rank"),
+            (torch.where(spread > 0, spread * k, own),
+             "each of the k neighbours gets 1/k, not 1 (the reference's softmax of a row of ones)"),
+            (torch.where(spread > 0, spread, own),
+             "you wrote the 1/k after the 1, so an own slot inside the top-k ends up with 1/k; write the 1 last"),
+        ]
+        for candidate, message in wrong:
+            if torch.allclose(got, candidate, atol=1e-6):
+                fail(f"(k={k}) {message}")
+        bad = int(((got - want).abs() > 1e-6).any(dim=1).nonzero()[0])
+        fail(f"(k={k}) row {bad} differs: expected weights {[round(v, 4) for v in want[bad].tolist()]}, got "
+             f"{[round(v, 4) for v in got[bad].tolist()]}")
+    passed("ECN's soft target: 1/k on the top-k, 1 on the own slot, rows not renormalised")
+
+
+def _ex09_update_reference(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float) -> torch.Tensor:
+    memory = memory.clone()
+    for x, y in zip(features, indices.tolist()):
+        memory[y] = rate * memory[y] + (1.0 - rate) * x
+        memory[y] /= memory[y].norm()
+    return memory
+
+
+def check_memory_update(fn: Callable[..., Any], *, repeated_indices: bool = False) -> None:
+    """Notebook 09: ``fn(memory, indices, features, alpha, epoch)`` must return the updated memory.
+
+    ``M[i] <- a * M[i] + (1 - a) * f`` with ``a = alpha * epoch``, then ``M[i]`` L2-normalised,
+    for each (index, feature) of the batch in order (the published ``ExemplarMemory.backward``).
+    ``repeated_indices=True`` also checks a batch in which one index occurs three times.
+    """
+    g = torch.Generator().manual_seed(90)
+    memory = torch.nn.functional.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    features = 2.0 * torch.randn(4, 5, generator=g, dtype=torch.float64)  # not unit length, on purpose
+    cases = [(torch.tensor([6, 1, 3, 4]), 0.01, 30), (torch.tensor([0, 5, 2, 7]), 0.01, 0)]
+    if repeated_indices:
+        cases.append((torch.tensor([2, 6, 2, 2]), 0.02, 20))
+    for indices, alpha, epoch in cases:
+        rate = alpha * epoch
+        want = _ex09_update_reference(memory, indices, features, rate)
+        got = fn(memory.clone(), indices.clone(), features.clone(), alpha, epoch)
+        if got is None:
+            fail("your function returned None: return the updated memory")
+        got = _as_tensor(got, "memory").detach().to(torch.float64)
+        what = f"(alpha={alpha}, epoch={epoch}, indices {indices.tolist()})"
+        if tuple(got.shape) != tuple(memory.shape):
+            fail(f"{what} the memory has shape {tuple(got.shape)}, expected {tuple(memory.shape)}")
+        if torch.allclose(got, want, atol=1e-6):
+            continue
+        untouched = torch.ones(memory.shape[0], dtype=torch.bool)
+        untouched[indices] = False
+        if not torch.allclose(got[untouched], memory[untouched], atol=1e-9):
+            fail(f"{what} you changed rows that are not in the batch; only the rows of `indices` are updated")
+        if indices.unique().numel() < indices.numel():
+            naive = memory.clone()
+            mixed = rate * naive[indices] + (1 - rate) * features
+            naive[indices] = mixed / mixed.norm(dim=1, keepdim=True)
+            distinct = torch.tensor([(indices == i).sum() == 1 for i in indices.tolist()])
+            if torch.allclose(got[indices[distinct]], want[indices[distinct]], atol=1e-6) or torch.allclose(got, naive, atol=1e-6):
+                fail(f"{what} an index that occurs more than once in a batch must be updated once per occurrence, in "
+                     "batch order, each update starting from the row the previous one wrote (the published loop); a "
+                     "one-shot `memory[indices] = ...` keeps only one of them")
+        wrong = [
+            (_ex09_update_reference(memory, indices, features, alpha) if rate != alpha else None,
+             "you used alpha instead of alpha*epoch as the weight of the old row"),
+            (_ex09_update_reference(memory, indices, features, 1.0 - rate),
+             "the weights are swapped: the old row gets alpha*epoch and the new feature 1 - alpha*epoch"),
+        ]
+        for candidate, message in wrong:
+            if candidate is not None and torch.allclose(got, candidate, atol=1e-6):
+                fail(f"{what} {message}")
+        norms = got[indices].norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-6):
+            fail(f"{what} you forgot to L2-normalise the updated row (row norms {[round(v, 3) for v in norms.tolist()]}); "
+                 "normalise after mixing: even a mix of two unit vectors is shorter than 1")
+        fail(f"{what} the updated rows are off by up to {(got - want).abs().max().item():.3g}: "
+             "M[i] <- a*M[i] + (1-a)*f with a = alpha*epoch, then M[i] /= ||M[i]||")
+    passed("memory update: rate alpha*epoch (0 at epoch 0: rows replaced), rows L2-normalised"
+           + (", repeated indices applied in order" if repeated_indices else ""))
+
+
+def check_temperature_for(fn: Callable[[float, float], Any]) -> None:
+    """Notebook 09: ``fn(gap, ratio)`` must return the temperature ``beta = gap / ln(ratio)``.
+
+    In ``softmax(f @ M.T / beta)`` two slots whose cosines with ``f`` differ by ``gap`` have
+    probabilities in the ratio ``exp(gap / beta)``, whatever the other slots; the temperature at
+    which that ratio is ``ratio`` is ``gap / ln(ratio)``.
+    """
+    import math
+
+    for gap, ratio in ((0.1, math.exp(2.0)), (0.3, 100.0), (0.05, 10.0), (0.5, 2.0)):
+        got = fn(gap, ratio)
+        if got is None:
+            fail("your function returned None: return the temperature beta")
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            fail(f"return one number, got {type(got).__name__}")
+        want = gap / math.log(ratio)
+        if math.isclose(got, want, rel_tol=1e-6):
+            continue
+        wrong = [
+            (gap * math.log(ratio), "you multiplied by ln(ratio): the ratio is exp(gap / beta), so beta = gap / ln(ratio)"),
+            (math.log(ratio) / gap, "that is 1 / beta: the ratio is exp(gap / beta), so beta = gap / ln(ratio)"),
+            (gap / ratio, "you divided by the ratio itself; the probabilities differ by exp(gap / beta), so take its log"),
+            (gap / math.log10(ratio), "use the natural logarithm (math.log), the inverse of exp in the softmax"),
+            (gap / math.log2(ratio), "use the natural logarithm (math.log), the inverse of exp in the softmax"),
+        ]
+        for candidate, message in wrong:
+            if math.isclose(got, candidate, rel_tol=1e-6):
+                fail(f"(gap={gap}, ratio={ratio:.4g}) {message}")
+        fail(f"(gap={gap}, ratio={ratio:.4g}) expected beta = {want:.4g}, got {got:.4g}: p_own / p_j = "
+             "exp((cos_own - cos_j) / beta)")
+    passed("beta = gap / ln(ratio): ECN's 0.05 makes a cosine gap of 0.1 worth a factor e^2 = 7.4")
+
+
+# --- notebook 10 ---------------------------------------------------------------------------
+
+#: ECN's schedule (Zhong et al. 2019, published code): 60 epochs, lr step at epoch 40, the
+#: neighbourhood (kNN) term from epoch 5 on (the code's ``epoch > 4``, 0-based).
+ECN_EPOCHS, ECN_DECAY_EPOCH, ECN_KNN_EPOCH = 60, 40, 5
+
+
+def _ex10_schedule_reference(epochs: int) -> tuple[int, int]:
+    """(first kNN epoch, LR decay epoch) for a run of ``epochs`` epochs, ECN's 60-epoch schedule scaled."""
+    knn = max(1, round(ECN_KNN_EPOCH * epochs / ECN_EPOCHS))
+    decay = max(1, round(ECN_DECAY_EPOCH * epochs / ECN_EPOCHS))
+    return knn, decay
+
+
+def check_ecn_total_loss(fn: Callable[..., Any]) -> None:
+    """Notebook 10: ``fn(loss_src, loss_tgt, lam)`` must return ECN's ``(1 - lam) * loss_src + lam * loss_tgt``.
+
+    ``loss_tgt=None`` stands for the source-only baseline: the source loss alone, weight 1.
+    The result must stay a tensor in the autograd graph (``backward()`` trains on it).
+    """
+    import math
+
+    cases = ((2.0, 6.0, 0.3), (1.5, 0.5, 0.5), (4.0, 1.0, 0.1))
+    for src_v, tgt_v, lam in cases:
+        src = torch.tensor(src_v, dtype=torch.float64, requires_grad=True)
+        tgt = torch.tensor(tgt_v, dtype=torch.float64, requires_grad=True)
+        got = fn(src, tgt, lam)
+        if got is None:
+            fail("your function returned None: did it forget to `return` the loss?")
+        if not isinstance(got, torch.Tensor):
+            fail(f"return a tensor, not a {type(got).__name__}: `loss.backward()` needs the graph "
+                 "(calling .item() or float() cuts it)")
+        if got.grad_fn is None:
+            fail("the returned tensor is not connected to the two losses: compute it from loss_src and loss_tgt "
+                 "(no .detach(), no torch.tensor(...) of a number)")
+        value = float(got.detach())
+        want = (1 - lam) * src_v + lam * tgt_v
+        if math.isclose(value, want, rel_tol=1e-9, abs_tol=1e-12):
+            gs, gt = torch.autograd.grad(got, (src, tgt))
+            if not (math.isclose(float(gs), 1 - lam) and math.isclose(float(gt), lam)):
+                fail("the value is right but the gradients are not (1 - lam, lam): did you mix detached copies in?")
+            continue
+        wrong = {
+            "that is the usual `L_src + lam * L_tgt`; ECN (paper Sec. 3.5 and its trainers.py) uses a convex "
+            "combination: the source loss is weighted by 1 - lam":
+                src_v + lam * tgt_v,
+            "the weights are swapped: lam weighs the TARGET (invariance) loss, 1 - lam the source loss":
+                lam * src_v + (1 - lam) * tgt_v,
+            "lam is a weight between the two losses; a plain average ignores it":
+                (src_v + tgt_v) / 2,
+            "a plain sum ignores lam: (1 - lam) * L_src + lam * L_tgt":
+                src_v + tgt_v,
+        }
+        for message, value_wrong in wrong.items():
+            if math.isclose(value, value_wrong, rel_tol=1e-9, abs_tol=1e-12):
+                fail(message)
+        fail(f"for L_src={src_v}, L_tgt={tgt_v}, lam={lam} expected {want:.4f}, got {value:.4f}")
+    # the source-only baseline
+    src = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    try:
+        got = fn(src, None, 0.3)
+    except TypeError as err:
+        fail(f"source-only (loss_tgt=None) raised TypeError ({err}): without a target loss return the source "
+             "loss alone")
+    if not isinstance(got, torch.Tensor) or got.grad_fn is None and got is not src:
+        fail("source-only (loss_tgt=None): return the source loss tensor itself (weight 1)")
+    if math.isclose(float(got.detach()), 0.7 * 2.0):
+        fail("source-only (loss_tgt=None) trains L_src alone with weight 1 (ECN's baseline, lam = 0), not 1 - lam")
+    if not math.isclose(float(got.detach()), 2.0):
+        fail(f"source-only (loss_tgt=None): expected the source loss 2.0, got {float(got.detach())}")
+    passed("ECN's loss (1 - lam) * L_src + lam * L_tgt, and L_src alone without a target")
+
+
+def check_scaled_schedule(fn: Callable[[int], Any]) -> None:
+    """Notebook 10: ``fn(epochs)`` must return ``(knn_epoch, decay_epoch)``: ECN's 5 and 40 of 60, scaled.
+
+    Both are 0-based epochs rounded to the nearest integer (as :attr:`reidlab.train.ECNConfig.decay_epoch`
+    does); the kNN term never starts before epoch 1, because during epoch 0 the memory is still
+    being filled (its update rate ``alpha * epoch`` is 0 and unvisited slots are zeros).
+    """
+    cases = (60, 12, 10, 24, 3, 100, 40)
+    for epochs in cases:
+        want = _ex10_schedule_reference(epochs)
+        got = fn(epochs)
+        if got is None:
+            fail("your function returned None: return the pair (knn_epoch, decay_epoch)")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            fail(f"return two numbers, (knn_epoch, decay_epoch); got {got!r}")
+        try:
+            knn, decay = (int(v) for v in got)
+        except (TypeError, ValueError):
+            fail(f"return two whole epoch numbers, got {got!r}")
+        if any(float(v) != int(v) for v in got):
+            fail(f"epochs are whole numbers: round the scaled values (got {got!r} for {epochs} epochs)")
+        if (knn, decay) == want:
+            continue
+        if (decay, knn) == want:
+            fail("the order is (knn_epoch, decay_epoch): the kNN epoch first")
+        if (knn, decay) == (ECN_KNN_EPOCH, ECN_DECAY_EPOCH):
+            fail(f"for a {epochs}-epoch run you returned ECN's own (5, 40): scale them by epochs / 60")
+        if (knn, decay) == (want[0] + 1, want[1] + 1):
+            fail("epochs are counted from 0, as in the code: ECN's `epoch > 4` is epoch 5, its decay `epoch // 40` "
+                 "starts at epoch 40")
+        if epochs == 3 and knn == 0:
+            fail("for a short run the kNN term would start at epoch 0, while the memory is still being filled "
+                 "(alpha * epoch = 0, unvisited slots are zeros): start it at epoch 1 at the earliest")
+        if epochs == 10 and decay == 6:
+            fail("round to the NEAREST epoch (40/60 * 10 = 6.67 -> 7); int() and // round down")
+        if epochs == 60 and (knn, decay) == want:
+            continue
+        if epochs != 60 and (knn, decay) == (round(5 * 60 / epochs), round(40 * 60 / epochs)):
+            fail("scaled the wrong way: the run is shorter than ECN's 60 epochs, so multiply by epochs / 60")
+        fail(f"for {epochs} epochs expected (knn_epoch, decay_epoch) = {want}, got {(knn, decay)}")
+    passed("ECN's schedule scaled: kNN from round(5/60 * E) (at least 1), LR step at round(40/60 * E)")
+
+
+def check_relative_gain(fn: Callable[..., Any]) -> None:
+    """Notebook 10: ``fn(table)`` must return ``{method: (points, percent)}``, each method's mAP gain over source-only.
+
+    ``table`` maps a method name to ``{'rank1': ..., 'mAP': ...}`` in percent. ``points`` is
+    ``mAP - mAP_source_only`` (percentage points), ``percent`` the same relative to the
+    baseline, ``100 * points / mAP_source_only``. The baseline itself may be left out or
+    given ``(0, 0)``.
+    """
+    import math
+
+    tables = (
+        {"source-only": {"rank1": 40.0, "mAP": 20.0}, "E": {"rank1": 50.0, "mAP": 25.0},
+         "E+C": {"rank1": 62.0, "mAP": 33.0}, "E+C+N": {"rank1": 75.0, "mAP": 43.0}},
+        {"source-only": {"rank1": 10.0, "mAP": 8.0}, "E": {"rank1": 9.0, "mAP": 6.0},
+         "E+N": {"rank1": 20.0, "mAP": 14.0}},
+    )
+    for table in tables:
+        got = fn({k: dict(v) for k, v in table.items()})
+        if got is None:
+            fail("your function returned None: return a dict {method: (points, percent)}")
+        if not isinstance(got, dict):
+            fail(f"return a dict {{method: (points, percent)}}, got {type(got).__name__}")
+        base = table["source-only"]["mAP"]
+        for name, row in table.items():
+            if name == "source-only":
+                if name in got and any(abs(float(v)) > 1e-9 for v in got[name]):
+                    fail("source-only is the baseline: its gain over itself is (0, 0); or leave it out")
+                continue
+            if name not in got:
+                fail(f"no entry for {name!r}: give every method except the baseline")
+            try:
+                points, percent = (float(v) for v in got[name])
+            except (TypeError, ValueError):
+                fail(f"the entry for {name!r} should be a pair (points, percent), got {got[name]!r}")
+            want_pts = row["mAP"] - base
+            want_pct = 100 * want_pts / base
+            if math.isclose(points, want_pts, abs_tol=1e-6) and math.isclose(percent, want_pct, abs_tol=1e-6):
+                continue
+            r1_pts = row["rank1"] - table["source-only"]["rank1"]
+            if math.isclose(points, r1_pts, abs_tol=1e-6):
+                fail("that is the rank-1 gain: the exercise asks for mAP")
+            if math.isclose(points, -want_pts, abs_tol=1e-6):
+                fail("the sign is reversed: gain = method - source-only (positive when the method is better)")
+            if not math.isclose(points, want_pts, abs_tol=1e-6):
+                fail(f"{name}: the gain in points is mAP({name}) - mAP(source-only) = {want_pts:.2f}, got {points:.2f}")
+            if math.isclose(percent, want_pct / 100, abs_tol=1e-6):
+                fail("the relative gain is asked in percent: multiply the fraction by 100")
+            if math.isclose(percent, 100 * want_pts / row["mAP"], abs_tol=1e-6):
+                fail("divide by the BASELINE's mAP (source-only), not by the method's own")
+            if math.isclose(percent, want_pts, abs_tol=1e-6):
+                fail("the percent value is the gain relative to the baseline, 100 * points / mAP(source-only), "
+                     "not the points again")
+            fail(f"{name}: expected ({want_pts:.2f} points, {want_pct:.2f} %), got ({points:.2f}, {percent:.2f})")
+    passed("mAP gain over source-only, in points and relative to the baseline")
+
+
+# --- notebook 06 ---------------------------------------------------------------------------
+# Domain-specific BN: the split-batch forward, routing target test data through the target
+# branch with its running statistics, and the statistics a single BN learns from mixed batches.
+
+
+def _ex06_bn_pair(bn_class: type, c: int, seed: int) -> list[torch.nn.Module]:
+    """Two BN layers (source, target) with distinct, non-default gamma/beta and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    pair = []
+    for shift in (0.0, 2.0):
+        bn = bn_class(c)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(c, generator=g))
+            bn.running_mean.copy_(torch.randn(c, generator=g) + shift)
+            bn.running_var.copy_(torch.rand(c, generator=g) + 0.5 + shift)
+        pair.append(bn)
+    return pair
+
+
+def _ex06_state(bns: list[torch.nn.Module]) -> list[torch.Tensor]:
+    return [b.detach().clone() for bn in bns for b in bn.buffers()]
+
+
+def _ex06_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x.double(), y.double(), atol=1e-6) for x, y in zip(a, b))
+
+
+def _ex06_call_split(fn: Callable[..., Any], x: torch.Tensor, pair: list[torch.nn.Module], what: str) -> torch.Tensor:
+    out = fn(x.clone(), pair[0], pair[1])
+    out = _as_tensor(out, what)
+    if tuple(out.shape) != tuple(x.shape):
+        fail(f"{what} has shape {tuple(out.shape)}, expected {tuple(x.shape)}: the output has one row per input "
+             f"sample, the two halves concatenated back along dim 0")
+    return out.detach()
+
+
+def check_split_dsbn_forward(fn: Callable[[torch.Tensor, torch.nn.Module, torch.nn.Module], Any]) -> None:
+    """Notebook 06: ``fn(x, bn_source, bn_target)`` is the split-batch DSBN forward.
+
+    Training mode (``bn_source.training``): first half through ``bn_source``, second half through
+    ``bn_target``, concatenated in the input order, both modules' running statistics updated; an
+    odd batch raises ``ValueError``. Eval mode: every sample through ``bn_target``.
+    """
+    import copy
+
+    g = torch.Generator().manual_seed(61)
+    for bn_class, shape in ((torch.nn.BatchNorm2d, (6, 3, 4, 4)), (torch.nn.BatchNorm1d, (8, 3))):
+        half = shape[0] // 2
+        x = torch.cat([torch.randn(half, *shape[1:], generator=g),
+                       3.0 * torch.randn(half, *shape[1:], generator=g) + 5.0])   # source, then target
+        pair = [bn.train() for bn in _ex06_bn_pair(bn_class, shape[1], 62)]
+
+        def run(how: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            s, t = copy.deepcopy(pair)
+            with torch.no_grad():
+                if how == "right":
+                    y = torch.cat([s(x[:half]), t(x[half:])])
+                elif how == "swapped":
+                    y = torch.cat([t(x[:half]), s(x[half:])])
+                elif how == "reordered":
+                    y = torch.cat([t(x[half:]), s(x[:half])])
+                elif how == "all_target":
+                    y = t(x)
+                elif how == "all_source":
+                    y = s(x)
+                else:  # "running": the halves normalised with the stored statistics (eval behaviour)
+                    y = torch.cat([s.eval()(x[:half]), t.eval()(x[half:])])
+            return y, _ex06_state([s, t])
+
+        want, want_state = run("right")
+        given = copy.deepcopy(pair)
+        got = _ex06_call_split(fn, x, given, f"split_dsbn_forward(x of shape {tuple(x.shape)}) in training")
+        if not torch.allclose(got, want, atol=1e-5):
+            hints = {
+                "swapped": "the first half of the batch is the source half: it goes through bn_source, the second "
+                           "half through bn_target (you swapped them)",
+                "reordered": "concatenate the outputs in the input order (source half first), or every sample ends "
+                             "up in another sample's row",
+                "all_target": "in training the batch is split: only the second half goes through bn_target; you "
+                              "sent the whole batch through it",
+                "all_source": "in training the batch is split: only the first half goes through bn_source; you "
+                              "sent the whole batch through it",
+                "running": "in training each half is normalised with its own batch statistics; you used the stored "
+                           "running statistics (is a branch in eval mode?)",
+            }
+            for how, message in hints.items():
+                if torch.allclose(got, run(how)[0], atol=1e-5):
+                    fail(message)
+            fail(f"the training output is off by up to {(got - want).abs().max().item():.3g}: bn_source(first half) "
+                 f"and bn_target(second half), concatenated with torch.cat along dim 0")
+        if not _ex06_same(_ex06_state(given), want_state):
+            fail("the output is right but the branches' running statistics did not update as BN's do: call the "
+                 "modules bn_source(...) and bn_target(...) themselves, once each per step")
+
+        # eval mode: everything through the target branch, odd batches included
+        for n in (5, 4):
+            xe = torch.randn(n, *shape[1:], generator=g) + 1.0
+            s, t = (bn.eval() for bn in copy.deepcopy(pair))
+            with torch.no_grad():
+                want_e = t(xe)
+                split_e = torch.cat([s(xe[: n // 2]), t(xe[n // 2:])])
+                source_e = s(xe)
+            given = [bn.eval() for bn in copy.deepcopy(pair)]
+            try:
+                got = _ex06_call_split(fn, xe, given, f"split_dsbn_forward in eval mode (batch of {n})")
+            except ValueError:
+                fail(f"in eval mode a batch of {n} raised ValueError: eval does not split, every sample goes "
+                     f"through bn_target, so odd batches are fine")
+            if torch.allclose(got, want_e, atol=1e-5):
+                continue
+            if torch.allclose(got, split_e, atol=1e-5):
+                fail("in eval mode do not split the batch: every sample goes through bn_target (check "
+                     "bn_source.training)")
+            if torch.allclose(got, source_e, atol=1e-5):
+                fail("in eval mode the samples go through bn_target, not bn_source")
+            fail(f"the eval-mode output is off by up to {(got - want_e).abs().max().item():.3g}: return "
+                 f"bn_target(x) with both modules in eval mode")
+
+    # an odd batch in training
+    pair = [bn.train() for bn in _ex06_bn_pair(torch.nn.BatchNorm1d, 3, 63)]
+    odd = torch.randn(7, 3, generator=g)
+    try:
+        fn(odd, pair[0], pair[1])
+    except ValueError:
+        pass
+    except AssertionError:
+        fail("an odd batch raised AssertionError: raise ValueError instead (`assert` is removed under python -O, "
+             "and then the batch would be split unevenly without a word)")
+    except Exception as e:  # noqa: BLE001 - any other error is the wrong kind
+        fail(f"an odd batch raised {type(e).__name__} ({e}); check n % 2 yourself and raise a ValueError that "
+             f"says the batch cannot be split into two halves")
+    else:
+        fail("an odd batch of 7 in training went through without an error; it cannot be cut into a source "
+             "half and a target half of equal size: raise ValueError")
+    passed("split-batch DSBN: source half -> bn_source, target half -> bn_target, eval -> bn_target, "
+           "odd batches rejected")
+
+
+def _ex06_model() -> torch.nn.Module:
+    """A small two-branch DSBN network (converted with eval_domain=0) whose branches hold different statistics."""
+    from .dsbn import convert_dsbn, dsbn_layers
+
+    g = torch.Generator().manual_seed(64)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
+    convert_dsbn(model, 2, eval_domain=0)
+    with torch.no_grad():
+        for layer in dsbn_layers(model):
+            for d, bn in enumerate(layer.bns):
+                c = bn.num_features
+                bn.running_mean.copy_(torch.randn(c, generator=g) + 2.0 * d)
+                bn.running_var.copy_(torch.rand(c, generator=g) + 0.5 + d)
+                bn.weight.add_(0.3 * d)
+    return model
+
+
+def check_target_features(fn: Callable[[torch.nn.Module, torch.Tensor], Any]) -> None:
+    """Notebook 06: ``fn(model, images)`` returns target-branch features with running statistics.
+
+    The model (converted with ``eval_domain=0``, so a plain ``model.eval()`` would use the
+    *source* branch) must come back with its mode, every DSBN layer's ``domain`` and every
+    running statistic exactly as they were.
+    """
+    import copy
+
+    from .dsbn import domain, dsbn_layers
+
+    images = torch.randn(6, 3, 7, 7, generator=torch.Generator().manual_seed(65)) * 1.5 + 0.5
+    reference = _ex06_model().eval()
+    with torch.no_grad():
+        with domain(reference, 1):
+            want = reference(images)
+        with domain(reference, 0):
+            source_branch = reference(images)
+        batch_stats = copy.deepcopy(reference).train()
+        with domain(batch_stats, 1):
+            batch_target = batch_stats(images)
+
+    for start_training, preset in ((True, None), (False, 0)):
+        model = _ex06_model().train(start_training)
+        layers = dsbn_layers(model)
+        if preset is not None:
+            layers[0].domain = preset            # someone chose the source branch for this layer earlier
+        domains = [layer.domain for layer in layers]
+        buffers = [b.clone() for b in model.buffers()]
+        got = fn(model, images.clone())
+        got = _as_tensor(got, "target_features(model, images)")
+        if tuple(got.shape) != tuple(want.shape):
+            fail(f"the features have shape {tuple(got.shape)}, expected {tuple(want.shape)} (one row per image)")
+        got = got.detach().float()
+        changed = not all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+        if changed:
+            fail("the model's running statistics changed: you ran it in train mode, so BN normalised with the "
+                 "test batch's statistics and updated its buffers; call model.eval() first (and restore the mode)")
+        if not torch.allclose(got, want, atol=1e-5):
+            if torch.allclose(got, source_branch, atol=1e-5):
+                fail("these are the source branch's features: this model was converted with eval_domain=0, so "
+                     "model.eval() alone routes through branch 0; choose the target branch explicitly with "
+                     "`with domain(model, 1):`")
+            if torch.allclose(got, batch_target, atol=1e-5):
+                fail("the target branch normalised with the batch's own statistics (train mode); the test asks "
+                     "for its running statistics: eval mode")
+            fail(f"the features are off by up to {(got - want).abs().max().item():.3g}: eval mode, every DSBN "
+                 f"layer on branch 1")
+        if model.training != start_training:
+            fail(f"the model came in {'train' if start_training else 'eval'} mode and left in "
+                 f"{'train' if model.training else 'eval'} mode: remember model.training and restore it "
+                 f"(model.train(was_training))")
+        now = [layer.domain for layer in layers]
+        if now != domains:
+            fail(f"the layers' domain settings were {domains} before the call and {now} after: restore them "
+                 f"(the `with domain(model, 1):` context manager does)")
+    passed("target test features: eval mode, branch 1 chosen explicitly, model left as found")
+
+
+def check_merge_stats(fn: Callable[..., Any]) -> None:
+    """Notebook 06: ``fn(mean_s, var_s, mean_t, var_t)`` returns the 50/50 mixture's per-channel ``(mean, var)``."""
+    g = torch.Generator().manual_seed(66)
+    f64 = torch.float64
+    mean_s, mean_t = torch.randn(5, generator=g, dtype=f64), torch.randn(5, generator=g, dtype=f64) + 2
+    var_s, var_t = torch.rand(5, generator=g, dtype=f64) + 0.2, torch.rand(5, generator=g, dtype=f64) * 3 + 0.5
+    want_mean = (mean_s + mean_t) / 2
+    want_var = (var_s + var_t) / 2 + ((mean_s - mean_t) / 2) ** 2
+    result = fn(mean_s.clone(), var_s.clone(), mean_t.clone(), var_t.clone())
+    if result is None:
+        fail("the function returned None: return the tuple (mean, var)")
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        fail(f"return two things, (mean, var), each with one value per channel; got {type(result).__name__}")
+    mean = _as_tensor(result[0], "mean").to(torch.float64)
+    var = _as_tensor(result[1], "var").to(torch.float64)
+    for name, t in (("mean", mean), ("var", var)):
+        if tuple(t.shape) != (5,):
+            fail(f"{name} should have one value per channel, shape (5,), got {tuple(t.shape)}: do not reduce over "
+                 f"the channels")
+    if not torch.allclose(mean, want_mean, atol=1e-8):
+        if torch.allclose(mean, mean_s + mean_t, atol=1e-8):
+            fail("the mixture's mean is the average of the two means (each domain is half of the data), not their sum")
+        fail(f"the mean is off by up to {(mean - want_mean).abs().max().item():.3g}: (mean_s + mean_t) / 2")
+    if torch.allclose(var, want_var, atol=1e-8):
+        passed("mixture statistics: mean of the means; mean of the variances + variance of the means")
+        return
+    wrong = {
+        "you averaged the two variances only: the mixture is also spread by the distance between the two means; "
+        "add the variance of the means, ((mean_s - mean_t) / 2) ** 2":
+            (var_s + var_t) / 2,
+        "the spread term is the variance of the two means, ((mean_s - mean_t) / 2) ** 2 = (mean_s - mean_t) ** 2 / 4, "
+        "not the squared difference itself":
+            (var_s + var_t) / 2 + (mean_s - mean_t) ** 2,
+        "you averaged standard deviations: average the variances (and add the variance of the means)":
+            ((var_s.sqrt() + var_t.sqrt()) / 2) ** 2,
+        "you averaged the standard deviations before adding the spread term: average the variances, then add "
+        "((mean_s - mean_t) / 2) ** 2":
+            ((var_s.sqrt() + var_t.sqrt()) / 2) ** 2 + ((mean_s - mean_t) / 2) ** 2,
+        "the spread term is the variance of the two means, ((mean_s - mean_t) / 2) ** 2, not half the squared "
+        "difference":
+            (var_s + var_t) / 2 + (mean_s - mean_t) ** 2 / 2,
+    }
+    for message, value in wrong.items():
+        if torch.allclose(var, value, atol=1e-8):
+            fail(message)
+    fail(f"the variance is off by up to {(var - want_var).abs().max().item():.3g}: (var_s + var_t) / 2 + "
+         f"((mean_s - mean_t) / 2) ** 2")
