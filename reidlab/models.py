@@ -49,14 +49,22 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from . import ibn as _ibn
 from .bn import set_bn_eval
 
-__all__ = ["ReIDNet", "LoadReport", "param_groups", "count_parameters", "resolve_weights", "ARCHS", "FREEZE_POINTS"]
+__all__ = [
+    "ReIDNet", "LoadReport", "param_groups", "count_parameters", "resolve_weights",
+    "ARCHS", "TORCHVISION_ARCHS", "IBN_ARCHS", "FREEZE_POINTS",
+]
 
 log = logging.getLogger(__name__)
 
-#: Backbones ReIDNet accepts (torchvision builders).
-ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+#: Backbones ReIDNet accepts with ImageNet weights from torchvision (builders in ``torchvision.models``).
+TORCHVISION_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+#: IBN-a backbones (builders in :mod:`reidlab.ibn`; notebook 07). Weights only from a local file.
+IBN_ARCHS: tuple[str, ...] = ("resnet18_ibn_a", "resnet34_ibn_a", "resnet50_ibn_a")
+#: Every backbone ReIDNet accepts.
+ARCHS: tuple[str, ...] = TORCHVISION_ARCHS + IBN_ARCHS
 #: ``freeze=`` choices: everything up to and including this stage is frozen.
 FREEZE_POINTS: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3")
 _STAGES: tuple[str, ...] = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -81,12 +89,23 @@ _NEXT_STAGE = {"conv1": "maxpool", "layer1": "layer2", "layer2": "layer3", "laye
 
 
 def _keep_frozen_bn_eval(base: nn.Module, freeze: str) -> None:
-    """Put the BN layers of conv1..``freeze`` in ``base`` in eval mode.
+    """Put the normalisation layers (BN and IN) of conv1..``freeze`` in ``base`` in eval mode.
 
     Uses :func:`reidlab.bn.set_bn_eval` (notebook 05), which selects BN layers by type and so
-    catches all of them, including the ``downsample.1`` BNs that ECN's name filter misses.
+    catches all of them, including the ``downsample.1`` BNs that ECN's name filter misses and
+    the BN half of IBN-a layers. ``set_bn_eval`` deliberately ignores instance norm (it keeps
+    no batch statistics), so the IN half of IBN-a layers (notebook 07) is switched here. For
+    an IN without running statistics the mode changes nothing in the output; putting it in
+    eval keeps "a frozen stage is in eval" true as a whole, and correct for an IN that
+    does track running statistics.
     """
-    set_bn_eval(base, until=_NEXT_STAGE[freeze])
+    until = _NEXT_STAGE[freeze]
+    set_bn_eval(base, until=until)
+    for name, m in base.named_modules():
+        if name == until:
+            break
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+            m.eval()
 
 
 def resolve_weights(arch: str, pretrained: PretrainedSpec) -> torchvision.models.WeightsEnum | str | None:
@@ -97,10 +116,18 @@ def resolve_weights(arch: str, pretrained: PretrainedSpec) -> torchvision.models
     (``"IMAGENET1K_V1"``, ``"DEFAULT"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``); or the
     path of an existing local file (a ``state_dict`` of the torchvision ResNet or of a
     ReIDNet, read with ``weights_only=True``). Nothing is downloaded here; torchvision
-    downloads an enum's file when the backbone is built (so never in the tests).
+    downloads an enum's file when the backbone is built (so never in the tests). An IBN-a
+    ``arch`` accepts ``None`` or a local file only (torchvision ships no IBN weights).
     """
     if pretrained is None or pretrained is False:
         return None
+    if arch in IBN_ARCHS:
+        if isinstance(pretrained, (str, os.PathLike)) and os.path.isfile(os.fspath(pretrained)):
+            return os.fspath(pretrained)
+        raise ValueError(
+            f"pretrained={pretrained!r} is not an existing file, and torchvision has no weights for {arch}; "
+            f"pass None or the path of a local weight file (e.g. the released {arch}-*.pth of IBN-Net)"
+        )
     enum_cls = torchvision.models.get_model_weights(arch)
     if isinstance(pretrained, torchvision.models.WeightsEnum):
         if not isinstance(pretrained, enum_cls):
@@ -128,10 +155,13 @@ class ReIDNet(nn.Module):
     num_classes:
         Number of source identities (the classifier's outputs).
     arch:
-        ``'resnet18'``, ``'resnet34'`` or ``'resnet50'`` (ECN: resnet50).
+        ``'resnet18'``, ``'resnet34'`` or ``'resnet50'`` (ECN: resnet50), or an IBN-a
+        backbone ``'resnet18_ibn_a'``, ``'resnet34_ibn_a'``, ``'resnet50_ibn_a'``
+        (:mod:`reidlab.ibn`, notebook 07).
     pretrained:
         ``None`` (random init, the default), a torchvision weights enum or its name, or a
-        local file; see :func:`resolve_weights`.
+        local file; see :func:`resolve_weights`. For an IBN-a backbone only ``None`` or a
+        file, which must supply every backbone tensor (else ``ValueError`` naming the missing ones).
     num_features:
         Width of the FC embedding (ECN: 4096); 0 means no FC (the classifier reads pool5).
     dropout:
@@ -143,7 +173,7 @@ class ReIDNet(nn.Module):
     freeze:
         Freeze conv1 up to and including this stage (``'layer2'`` in ECN); ``None``
         trains everything. Frozen parameters get ``requires_grad=False`` and their BN
-        layers stay in eval mode whenever the model is put in train mode.
+        (and IBN-a's IN) layers stay in eval mode whenever the model is put in train mode.
     test_feature:
         What eval mode returns, L2-normalised: ``'pool5'``, ``'feat'``, ``'embed'`` or
         ``'tgt_feat'``; ``None`` picks ``'pool5'`` for ``neck='no'`` and ``'embed'`` for
@@ -191,8 +221,11 @@ class ReIDNet(nn.Module):
         self.channels_last = channels_last
 
         weights = resolve_weights(arch, pretrained)
-        builder = getattr(torchvision.models, arch)
-        base = builder(weights=weights if isinstance(weights, torchvision.models.WeightsEnum) else None)
+        if arch in IBN_ARCHS:
+            base = getattr(_ibn, arch)()  # ResNetIBN: torchvision's layout, so the rest is shared
+        else:
+            builder = getattr(torchvision.models, arch)
+            base = builder(weights=weights if isinstance(weights, torchvision.models.WeightsEnum) else None)
         in_planes = base.fc.in_features
         base.fc = nn.Identity()  # the classifier lives in the head; pool5 is what base returns
         if last_stride == 1:
@@ -223,6 +256,18 @@ class ReIDNet(nn.Module):
             report = self.load_param(weights)
             if not report.loaded:
                 raise ValueError(f"pretrained file {weights} holds no tensor that fits {arch}: {report.skipped}")
+            if arch in IBN_ARCHS:
+                loaded = set(report.loaded)
+                missing = [
+                    k for k in self.state_dict()
+                    if k.startswith("base.") and k not in loaded and not k.endswith("num_batches_tracked")
+                ]
+                if missing:
+                    shown = ", ".join(missing[:6]) + (f", ... ({len(missing) - 6} more)" if len(missing) > 6 else "")
+                    raise ValueError(
+                        f"pretrained file {weights} leaves {len(missing)} backbone tensors of {arch} unset: {shown}. "
+                        f"Is it the weight file of another network (a plain ResNet, IBN-b)?"
+                    )
         self._apply_freeze()
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -243,7 +288,7 @@ class ReIDNet(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "ReIDNet":
-        """Set train/eval mode; the frozen stages' BN layers stay in eval either way.
+        """Set train/eval mode; the frozen stages' BN (and IN) layers stay in eval either way.
 
         ``nn.Module.train()`` recurses into every child and would switch those BN layers
         back to batch statistics (and running-stat updates) at each epoch: the bug

@@ -234,3 +234,95 @@ def test_bad_input_shape():
     model = ReIDNet(5, "resnet18", num_features=0)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         model(torch.randn(3, 64, 32))
+
+
+# --- IBN-a backbones (notebook 07) ------------------------------------------------------------
+
+
+def _ins(module):
+    return [m for m in module.modules() if isinstance(m, nn.InstanceNorm2d)]
+
+
+@pytest.mark.parametrize("arch, dim", [("resnet18_ibn_a", 512), ("resnet50_ibn_a", 2048)])
+def test_ibn_backbone_forward_at_256x128_in_train_and_eval(arch, dim):
+    from reidlab.ibn import IBN, ResNetIBN
+
+    torch.manual_seed(0)
+    model = ReIDNet(7, arch, num_features=64)
+    assert isinstance(model.base, ResNetIBN)
+    assert sum(isinstance(m, IBN) for m in model.base.modules()) == (6 if arch == "resnet18_ibn_a" else 13)
+    out = model(_x(2, 256, 128))
+    assert set(out) == {"pool5", "feat", "embed", "tgt_feat", "logits"}
+    assert out["pool5"].shape == (2, dim)
+    assert out["embed"].shape == (2, 64) and out["logits"].shape == (2, 7)
+    model.eval()
+    with torch.no_grad():
+        feat = model(_x(2, 256, 128))
+        alone = model(_x(2, 256, 128)[:1])
+    assert feat.shape == (2, dim)
+    assert torch.allclose(feat.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(feat[:1], alone, atol=1e-5)  # eval: an image's feature does not depend on its batch
+
+
+def test_ibn_frozen_stages_keep_bn_and_in_in_eval():
+    model = ReIDNet(5, "resnet50_ibn_a", num_features=32)  # freeze='layer2' by default, as in ECN
+    frozen = nn.ModuleList(model.frozen_modules())
+    assert len(_bns(frozen)) == 24  # bn1 of the stem, the BN halves and all other BNs of layer1-2
+    assert len(_ins(frozen)) == 7  # the IN halves of layer1 (3 blocks) and layer2 (4 blocks)
+    for name, p in model.base.named_parameters():
+        assert p.requires_grad == name.startswith(("layer3", "layer4")), name
+    model.eval()
+    model.train()
+    model.train()
+    assert all(not m.training for m in _bns(frozen) + _ins(frozen))
+    assert all(m.training for m in _bns(model.base.layer3) + _ins(model.base.layer3))
+    before = {k: v.clone() for k, v in model.base.state_dict().items() if "running" in k}
+    model(_x(2, 64, 32))
+    after = model.base.state_dict()
+    for k, v in before.items():
+        assert (not torch.equal(v, after[k])) == k.startswith(("layer3", "layer4")), k
+    # freeze=None: every IN and BN trains
+    free = ReIDNet(5, "resnet18_ibn_a", num_features=0, freeze=None)
+    assert all(m.training for m in _bns(free) + _ins(free))
+    assert all(p.requires_grad for p in free.parameters())
+
+
+def test_ibn_last_stride_and_param_groups():
+    model = ReIDNet(5, "resnet50_ibn_a", num_features=0, last_stride=1).eval()
+    fmap = {}
+    model.base.layer4.register_forward_hook(lambda m, i, o: fmap.__setitem__("s", tuple(o.shape[-2:])))
+    with torch.no_grad():
+        model(_x(1, 128, 64))
+    assert fmap["s"] == (8, 4)
+    groups = param_groups(model, 0.01, 0.1)
+    trainable = {id(p) for n, p in model.base.named_parameters() if n.startswith(("layer3", "layer4"))}
+    assert {id(p) for p in groups[0]["params"]} == trainable
+
+
+def test_ibn_pretrained_from_a_local_file(tmp_path):
+    from reidlab.ibn import resnet18_ibn_a
+
+    torch.manual_seed(4)
+    src = resnet18_ibn_a()
+    with torch.no_grad():
+        src.layer1[0].bn1.IN.weight.uniform_(0.5, 1.5)
+    path = tmp_path / "resnet18_ibn_a.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)  # the release format
+    model = ReIDNet(5, "resnet18_ibn_a", pretrained=path, num_features=0)
+    for k, v in src.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.base.state_dict()[k], v), k
+    assert not model.base.layer1[0].bn1.IN.weight.requires_grad  # freezing applied after loading
+
+    plain = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), plain)
+    with pytest.raises(ValueError, match=r"backbone tensors of resnet18_ibn_a unset: base\.layer1\.0\.bn1\.IN\.weight"):
+        ReIDNet(5, "resnet18_ibn_a", pretrained=plain)
+
+
+def test_ibn_pretrained_rejects_torchvision_weight_names():
+    with pytest.raises(ValueError, match="no weights for resnet50_ibn_a"):
+        ReIDNet(5, "resnet50_ibn_a", pretrained="IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="local weight file"):
+        resolve_weights("resnet18_ibn_a", torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    assert resolve_weights("resnet18_ibn_a", None) is None

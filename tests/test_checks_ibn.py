@@ -1,0 +1,220 @@
+"""Notebook 07's exercise checkers, and its hand-written IBN-a layer / Bottleneck against reidlab.ibn."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidlab import checks
+from reidlab.ibn import IBN, Bottleneck
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "07_ibn_a.ipynb"
+
+
+# --- exercise 7.1: instance norm by hand ------------------------------------------------------
+
+
+def in_solution(x, eps=1e-5):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def in_batch_stats(x, eps=1e-5):  # batch norm
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def in_layer_stats(x, eps=1e-5):  # layer norm
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    var = x.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def in_unbiased(x, eps=1e-5):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / torch.sqrt(x.var(dim=(2, 3), keepdim=True) + eps)
+
+
+def in_eps_outside(x, eps=1e-5):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / (x.std(dim=(2, 3), keepdim=True, unbiased=False) + eps)
+
+
+def in_by_variance(x, eps=1e-5):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / (x.var(dim=(2, 3), keepdim=True, unbiased=False) + eps)
+
+
+def in_no_keepdim(x, eps=1e-5):
+    return x.mean(dim=(2, 3))
+
+
+def test_instance_norm_solution_passes(capsys):
+    checks.check_instance_norm(in_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_instance_norm_matches_functional_and_module():
+    x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(in_solution(x), F.instance_norm(x), atol=1e-5)
+    assert torch.allclose(in_solution(x), nn.InstanceNorm2d(4)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (in_batch_stats, "batch norm"),
+        (in_layer_stats, "layer norm"),
+        (in_unbiased, "unbiased variance"),
+        (in_eps_outside, "inside the square root"),
+        (in_by_variance, "standard deviation"),
+        (in_no_keepdim, "keepdim"),
+        (lambda x, eps=1e-5: None, "return"),
+        (lambda x, eps=1e-5: x, "off by"),
+    ],
+)
+def test_instance_norm_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_instance_norm(wrong)
+
+
+# --- exercise 7.2: the IBN split -------------------------------------------------------------
+
+
+def split_solution(planes, ratio=0.5):
+    half = int(planes * ratio)
+    return half, planes - half
+
+
+def test_ibn_split_solution_passes_and_agrees_with_the_module(capsys):
+    checks.check_ibn_split(split_solution)
+    assert "correct" in capsys.readouterr().out
+    for planes, ratio in ((64, 0.5), (7, 0.5), (100, 0.3), (2048, 0.5)):
+        layer = IBN(planes, ratio)
+        assert split_solution(planes, ratio) == (layer.IN.num_features, layer.BN.num_features)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda p, r=0.5: (p - int(p * r), int(p * r)), "swapped"),
+        (lambda p, r=0.5: (math.ceil(p * r), p - math.ceil(p * r)), "rounded up"),
+        (lambda p, r=0.5: (int(p * r), p), "add up to"),
+        (lambda p, r=0.5: None, "None"),
+        (lambda p, r=0.5: int(p * r), "pair of ints"),
+        (lambda p, r=0.5: (1, 2, 3), "exactly two"),
+    ],
+)
+def test_ibn_split_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_ibn_split(wrong)
+
+
+# --- exercise 7.3: normalisation parameters ---------------------------------------------------
+
+
+def norm_params_solution(model):
+    norm_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)
+    return sum(p.numel() for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False))
+
+
+def norm_params_bn_only(model):
+    return sum(p.numel() for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for p in m.parameters())
+
+
+def norm_params_state_dict(model):
+    norm_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)
+    return sum(
+        v.numel() for m in model.modules() if isinstance(m, norm_types) for v in m.state_dict().values()
+    )
+
+
+def norm_params_recursive(model):
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if "norm" in type(m).__name__.lower() or type(m).__name__ == "IBN"
+        for p in m.parameters()
+    )
+
+
+def test_count_norm_params_solution_passes(capsys):
+    checks.check_count_norm_params(norm_params_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (norm_params_bn_only, "BatchNorm layers only"),
+        (norm_params_state_dict, "running_mean"),
+        (norm_params_recursive, "counted twice"),
+        (lambda m: sum(p.numel() for p in m.parameters()), "every parameter"),
+        (lambda m: None, "None"),
+        (lambda m: 3, "expected"),
+    ],
+)
+def test_count_norm_params_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_count_norm_params(wrong)
+
+
+# --- the notebook's hand-written IBN-a layer and Bottleneck agree with reidlab.ibn ---------------
+
+
+def _notebook_namespace() -> dict:
+    """Execute the code cells of notebook 07 that define the hand-written modules."""
+    nb = json.loads(NOTEBOOK.read_text())
+    namespace: dict = {"torch": torch, "nn": nn, "F": F}
+    found = set()
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        for name in ("IBNByHand", "BottleneckIBNaByHand"):
+            if cell["cell_type"] == "code" and f"class {name}(" in src:
+                exec(compile(src, f"07_ibn_a:{name}", "exec"), namespace)
+                found.add(name)
+    assert found == {"IBNByHand", "BottleneckIBNaByHand"}, f"notebook 07 defines only {found}"
+    return namespace
+
+
+@pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 07 not built")
+@pytest.mark.parametrize("planes, ratio", [(64, 0.5), (10, 0.3)])
+def test_notebook_ibn_layer_matches_reidlab(planes, ratio):
+    ns = _notebook_namespace()
+    torch.manual_seed(0)
+    ours, ref = ns["IBNByHand"](planes, ratio), IBN(planes, ratio)
+    with torch.no_grad():  # non-trivial affine parameters, so a swapped half would show
+        for p in ref.parameters():
+            p.uniform_(0.5, 1.5)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, planes, 6, 5, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)  # train mode: batch statistics, running stats updated
+    assert torch.allclose(ours.BN.running_mean, ref.BN.running_mean, atol=1e-6)
+    ours.eval(), ref.eval()
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 07 not built")
+@pytest.mark.parametrize("inplanes, planes, stride", [(64, 16, 1), (32, 16, 2)])
+def test_notebook_bottleneck_matches_reidlab(inplanes, planes, stride):
+    ns = _notebook_namespace()
+    torch.manual_seed(0)
+    downsample = None
+    if stride != 1 or inplanes != planes * 4:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+    ref = Bottleneck(inplanes, planes, ibn="a", stride=stride, downsample=downsample)
+    ours = ns["BottleneckIBNaByHand"](inplanes, planes, stride=stride)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, inplanes, 8, 6, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    ours.eval(), ref.eval()
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
