@@ -1,0 +1,359 @@
+"""Notebook 06: its exercise checkers, and its hand-written DSBN layer against reidlab.dsbn.
+
+Each checker must accept a right answer and reject the typical wrong ones with the message
+aimed at that mistake. The notebook's ``SplitDSBN`` (the lesson, written inline) must agree
+with ``reidlab.dsbn.DSBN1d/2d`` (what later notebooks import): outputs, running statistics,
+counters and gradients, in split-batch, explicit-domain and eval mode.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidlab import checks
+from reidlab.dsbn import DSBN1d, DSBN2d, domain, dsbn_layers
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_dsbn.ipynb"
+needs_notebook = pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 06 not built")
+
+
+def _notebook_namespace(marker: str) -> dict:
+    """Execute the code cell of notebook 06 containing ``marker`` and return its namespace."""
+    nb = json.loads(NOTEBOOK.read_text())
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "code" and marker in src:
+            namespace: dict = {"torch": torch, "nn": nn, "F": F, "domain": domain}
+            exec(compile(src, f"06_dsbn:{marker}", "exec"), namespace)
+            return namespace
+    raise AssertionError(f"notebook 06 has no code cell containing {marker!r}")
+
+
+# --- exercise 6.1: the split-batch forward --------------------------------------------------
+
+
+def split_solution(x, bn_source, bn_target):
+    if not bn_source.training:
+        return bn_target(x)
+    n = x.shape[0]
+    if n % 2:
+        raise ValueError("odd batch")
+    return torch.cat([bn_source(x[: n // 2]), bn_target(x[n // 2 :])])
+
+
+def split_swapped(x, bs, bt):
+    if not bs.training:
+        return bt(x)
+    if x.shape[0] % 2:
+        raise ValueError("odd")
+    h = x.shape[0] // 2
+    return torch.cat([bt(x[:h]), bs(x[h:])])
+
+
+def split_reordered(x, bs, bt):
+    if not bs.training:
+        return bt(x)
+    if x.shape[0] % 2:
+        raise ValueError("odd")
+    h = x.shape[0] // 2
+    return torch.cat([bt(x[h:]), bs(x[:h])])
+
+
+def no_split(x, bs, bt):
+    return bt(x)
+
+
+def splits_in_eval(x, bs, bt):
+    h = x.shape[0] // 2
+    return torch.cat([bs(x[:h]), bt(x[h:])])
+
+
+def splits_in_eval_with_check(x, bs, bt):
+    if x.shape[0] % 2:
+        raise ValueError("odd")
+    return splits_in_eval(x, bs, bt)
+
+
+def eval_through_source(x, bs, bt):
+    if not bs.training:
+        return bs(x)
+    return split_solution(x, bs, bt)
+
+
+def uses_assert(x, bs, bt):
+    if not bs.training:
+        return bt(x)
+    assert x.shape[0] % 2 == 0
+    return split_solution(x, bs, bt)
+
+
+def no_odd_check(x, bs, bt):
+    if not bs.training:
+        return bt(x)
+    h = x.shape[0] // 2
+    return torch.cat([bs(x[:h]), bt(x[h:])])
+
+
+def functional_without_buffers(x, bs, bt):
+    if not bs.training:
+        return bt(x)
+    if x.shape[0] % 2:
+        raise ValueError("odd")
+    h = x.shape[0] // 2
+    return torch.cat([F.batch_norm(x[:h], None, None, bs.weight, bs.bias, True),
+                      F.batch_norm(x[h:], None, None, bt.weight, bt.bias, True)])
+
+
+def test_split_solution_passes(capsys):
+    checks.check_split_dsbn_forward(split_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (split_swapped, "swapped"),
+        (split_reordered, "input order"),
+        (no_split, "sent the whole batch through it"),
+        (splits_in_eval, "in eval mode do not split"),
+        (splits_in_eval_with_check, "eval does not split"),
+        (eval_through_source, "not bn_source"),
+        (uses_assert, "AssertionError"),
+        (no_odd_check, "without an error"),
+        (functional_without_buffers, "running statistics did not update"),
+        (lambda x, bs, bt: None, "return"),
+        (lambda x, bs, bt: split_solution(x, bs, bt)[: x.shape[0] // 2], "one row per input"),
+    ],
+)
+def test_split_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_split_dsbn_forward(wrong)
+
+
+# --- exercise 6.2: target test features --------------------------------------------------------
+
+
+def target_solution(model, images):
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), domain(model, 1):
+            return model(images)
+    finally:
+        model.train(was)
+
+
+def eval_only(model, images):
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    return out
+
+
+def forgot_eval(model, images):
+    with torch.no_grad(), domain(model, 1):
+        return model(images)
+
+
+def does_not_restore_mode(model, images):
+    model.eval()
+    with torch.no_grad(), domain(model, 1):
+        return model(images)
+
+
+def sets_domain_by_hand(model, images):
+    was = model.training
+    model.eval()
+    for layer in dsbn_layers(model):
+        layer.domain = 1
+    with torch.no_grad():
+        out = model(images)
+    model.train(was)
+    return out
+
+
+def resets_domain_to_none(model, images):
+    out = sets_domain_by_hand(model, images)
+    for layer in dsbn_layers(model):
+        layer.domain = None
+    return out
+
+
+def source_branch(model, images):
+    was = model.training
+    model.eval()
+    with torch.no_grad(), domain(model, 0):
+        out = model(images)
+    model.train(was)
+    return out
+
+
+def batch_stats_on_a_copy(model, images):
+    twin = copy.deepcopy(model).train()
+    with torch.no_grad(), domain(twin, 1):
+        return twin(images)
+
+
+def test_target_solution_passes(capsys):
+    checks.check_target_features(target_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (eval_only, "eval_domain=0"),
+        (forgot_eval, "running statistics changed"),
+        (does_not_restore_mode, "left in eval mode"),
+        (sets_domain_by_hand, "domain settings"),
+        (resets_domain_to_none, "domain settings"),
+        (source_branch, "source branch"),
+        (batch_stats_on_a_copy, "batch's own statistics"),
+        (lambda m, x: None, "return"),
+    ],
+)
+def test_target_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_target_features(wrong)
+
+
+def test_target_checker_model_routes_eval_to_the_source_branch():
+    """The exercise is only meaningful if plain eval mode does NOT give the target branch."""
+    model = checks._ex06_model().eval()
+    x = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        default = model(x)
+        with domain(model, 1):
+            target = model(x)
+        with domain(model, 0):
+            src = model(x)
+    assert torch.equal(default, src)
+    assert not torch.allclose(default, target, atol=1e-3)
+
+
+# --- exercise 6.3: statistics of a unified BN -------------------------------------------------
+
+
+def merge_solution(ms, vs, mt, vt):
+    return (ms + mt) / 2, (vs + vt) / 2 + ((ms - mt) / 2) ** 2
+
+
+def test_merge_solution_passes(capsys):
+    checks.check_merge_stats(merge_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda ms, vs, mt, vt: ((ms + mt) / 2, (vs + vt) / 2), "averaged the two variances only"),
+        (lambda ms, vs, mt, vt: ((ms + mt) / 2, (vs + vt) / 2 + (ms - mt) ** 2), "not the squared difference"),
+        (lambda ms, vs, mt, vt: ((ms + mt) / 2, ((vs.sqrt() + vt.sqrt()) / 2) ** 2), "averaged standard deviations"),
+        (lambda ms, vs, mt, vt: ((ms + mt) / 2, ((vs.sqrt() + vt.sqrt()) / 2) ** 2 + ((ms - mt) / 2) ** 2),
+         "standard deviations before adding"),
+        (lambda ms, vs, mt, vt: ((ms + mt) / 2, (vs + vt) / 2 + (ms - mt) ** 2 / 2), "not half the squared"),
+        (lambda ms, vs, mt, vt: (ms + mt, (vs + vt) / 2 + ((ms - mt) / 2) ** 2), "not their sum"),
+        (lambda ms, vs, mt, vt: ((ms + mt).mean() / 2, (vs + vt) / 2), "one value per channel"),
+        (lambda ms, vs, mt, vt: (vs + vt) / 2, "return two things"),
+        (lambda ms, vs, mt, vt: None, "returned None"),
+    ],
+)
+def test_merge_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_merge_stats(wrong)
+
+
+def test_merge_reference_is_the_statistics_of_pooled_data():
+    """The checker's formula is what a BN fed half-source, half-target batches measures."""
+    g = torch.Generator().manual_seed(5)
+    xs = torch.randn(400, 3, generator=g, dtype=torch.float64) * 0.5 - 1.0
+    xt = torch.randn(400, 3, generator=g, dtype=torch.float64) * 2.0 + 3.0
+    mean, var = merge_solution(xs.mean(0), xs.var(0, unbiased=False), xt.mean(0), xt.var(0, unbiased=False))
+    pooled = torch.cat([xs, xt])
+    torch.testing.assert_close(mean, pooled.mean(0))
+    torch.testing.assert_close(var, pooled.var(0, unbiased=False))
+    bn = nn.BatchNorm1d(3, momentum=1.0).double().train()  # momentum 1: running stats = this batch's
+    bn(pooled)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var * 800 / 799)  # running_var stores the unbiased estimate
+
+
+# --- the notebook's own DSBN and exercise solutions ------------------------------------------------
+
+
+@needs_notebook
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_notebook_split_dsbn_matches_reidlab(seed, kind):
+    SplitDSBN = _notebook_namespace("class SplitDSBN(")["SplitDSBN"]
+    bn_class, lib_class, shape = {
+        "1d": (nn.BatchNorm1d, DSBN1d, (4,)),
+        "2d": (nn.BatchNorm2d, DSBN2d, (4, 3, 5)),
+    }[kind]
+    g = torch.Generator().manual_seed(seed)
+    hand, lib = SplitDSBN(bn_class, 4), lib_class(4, num_domains=2)
+    with torch.no_grad():
+        for i, bn in enumerate((hand.bn_source, hand.bn_target)):
+            bn.weight.uniform_(0.5, 1.5, generator=g)
+            bn.bias.normal_(generator=g)
+            lib.bns[i].load_state_dict(bn.state_dict())
+    for step in range(12):
+        mode = ["train", "eval"][int(torch.randint(0, 3, (), generator=g)) == 0]
+        d = [None, None, 0, 1][int(torch.randint(0, 4, (), generator=g))]
+        n = int(torch.randint(2, 6, (), generator=g)) * (2 if d is None and mode == "train" else 1)
+        n = max(n, 2) if mode == "train" else n
+        x = torch.randn(n, *shape, generator=g) * float(step % 3 + 1) + float(step)
+        for layer in (hand, lib):
+            layer.train(mode == "train")
+            layer.domain = d
+        xh, xl = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        yh, yl = hand(xh), lib(xl)
+        torch.testing.assert_close(yh, yl, rtol=1e-5, atol=1e-6)
+        w = torch.randn(yh.shape, generator=g)
+        (yh * w).sum().backward()
+        (yl * w).sum().backward()
+        torch.testing.assert_close(xh.grad, xl.grad, rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip((hand.bn_source, hand.bn_target), lib.bns):
+        for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+        torch.testing.assert_close(mine.weight.grad, theirs.weight.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mine.bias.grad, theirs.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+@needs_notebook
+def test_notebook_split_dsbn_rejects_an_odd_batch_like_reidlab():
+    SplitDSBN = _notebook_namespace("class SplitDSBN(")["SplitDSBN"]
+    for layer in (SplitDSBN(nn.BatchNorm2d, 3).train(), DSBN2d(3).train()):
+        with pytest.raises(ValueError, match="odd batch of 5"):
+            layer(torch.randn(5, 3, 2, 2))
+
+
+@needs_notebook
+@pytest.mark.parametrize(
+    "marker, name, checker",
+    [
+        ("def split_dsbn_forward(", "split_dsbn_forward", checks.check_split_dsbn_forward),
+        ("def target_features(", "target_features", checks.check_target_features),
+        ("def merge_stats(", "merge_stats", checks.check_merge_stats),
+    ],
+)
+def test_notebook_solutions_pass_their_checkers(marker, name, checker, capsys):
+    checker(_notebook_namespace(marker)[name])
+    assert "correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "checker", [checks.check_split_dsbn_forward, checks.check_target_features, checks.check_merge_stats]
+)
+def test_unattempted_stub_gets_a_sentence(checker):
+    def stub(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(checks.ExerciseError, match=checks.NOT_ATTEMPTED):
+        checker(stub)
