@@ -1,0 +1,282 @@
+"""Notebook 09's exercise checkers, and its hand-written ECN loop against reidlab.memory."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidlab import checks
+from reidlab.memory import InvarianceLoss, memory_update_loop_, smooth_targets
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "09_exemplar_memory.ipynb"
+
+
+# --- exercise 9.1: the soft target -----------------------------------------------------------
+
+
+def soft_solution(logits, indices, k):
+    top = logits.topk(k, dim=1).indices
+    target = torch.zeros_like(logits).scatter_(1, top, 1.0 / k)
+    return target.scatter_(1, indices.view(-1, 1), 1.0)
+
+
+def soft_renormalised(logits, indices, k):
+    t = soft_solution(logits, indices, k)
+    return t / t.sum(dim=1, keepdim=True)
+
+
+def soft_added(logits, indices, k):
+    t = torch.zeros_like(logits).scatter_(1, logits.topk(k, dim=1).indices, 1.0 / k)
+    t[torch.arange(len(indices)), indices] += 1.0
+    return t
+
+
+def soft_own_excluded(logits, indices, k):
+    # the answer reading notes on ECN expected: keep the sample itself out of its top-k
+    masked = logits.clone()
+    masked[torch.arange(len(indices)), indices] = float("-inf")
+    t = torch.zeros_like(logits).scatter_(1, masked.topk(k, dim=1).indices, 1.0 / k)
+    return t.scatter_(1, indices.view(-1, 1), 1.0)
+
+
+def soft_smallest(logits, indices, k):
+    t = torch.zeros_like(logits).scatter_(1, logits.topk(k, dim=1, largest=False).indices, 1.0 / k)
+    return t.scatter_(1, indices.view(-1, 1), 1.0)
+
+
+def soft_no_own(logits, indices, k):
+    return torch.zeros_like(logits).scatter_(1, logits.topk(k, dim=1).indices, 1.0 / k)
+
+
+def soft_ones(logits, indices, k):
+    t = torch.zeros_like(logits).scatter_(1, logits.topk(k, dim=1).indices, 1.0)
+    return t.scatter_(1, indices.view(-1, 1), 1.0)
+
+
+def soft_wrong_order(logits, indices, k):
+    t = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    return t.scatter_(1, logits.topk(k, dim=1).indices, 1.0 / k)
+
+
+def soft_in_place(logits, indices, k):
+    logits -= logits.max(dim=1, keepdim=True).values
+    return soft_solution(logits, indices, k)
+
+
+def test_soft_target_solution_passes(capsys):
+    checks.check_soft_target(soft_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_soft_target_library_passes():
+    checks.check_soft_target(smooth_targets)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (soft_renormalised, "you renormalised the row"),
+        (soft_added, "you added 1 to the own slot"),
+        (soft_own_excluded, "you kept the own slot out of the top-k"),
+        (soft_smallest, "k smallest logits"),
+        (soft_no_own, "own slot must get weight 1"),
+        (soft_ones, "gets 1/k, not 1"),
+        (soft_wrong_order, "write the 1 last"),
+        (soft_in_place, "changed the logits in place"),
+        (lambda logits, indices, k: None, "forget to `return`"),
+        (lambda logits, indices, k: soft_solution(logits, indices, k)[:, :5], "expected \\(4, 10\\)"),
+    ],
+)
+def test_soft_target_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_soft_target(wrong)
+
+
+def test_soft_target_cases_cover_own_slot_inside_and_outside():
+    # the checker is only as good as its cases: some rows must have the own slot in the top-k, some not
+    inside = outside = 0
+    for logits, indices, k in checks._ex09_soft_target_cases():
+        top = logits.topk(k, dim=1).indices
+        hit = (top == indices.view(-1, 1)).any(dim=1)
+        inside += int(hit.sum())
+        outside += int((~hit).sum())
+        assert len(set(logits.flatten().tolist())) == logits.numel()  # no ties: the top-k is unambiguous
+    assert inside >= 3 and outside >= 3
+
+
+# --- exercise 9.2: the memory update -------------------------------------------------------
+
+
+def update_solution(memory, indices, features, alpha, epoch):
+    rate = alpha * epoch
+    for x, i in zip(features, indices.tolist()):
+        memory[i] = rate * memory[i] + (1 - rate) * x
+        memory[i] = memory[i] / memory[i].norm()
+    return memory
+
+
+def update_no_normalise(memory, indices, features, alpha, epoch):
+    rate = alpha * epoch
+    for x, i in zip(features, indices.tolist()):
+        memory[i] = rate * memory[i] + (1 - rate) * x
+    return memory
+
+
+def update_alpha_only(memory, indices, features, alpha, epoch):
+    return update_solution(memory, indices, features, alpha, 1)
+
+
+def update_swapped(memory, indices, features, alpha, epoch):
+    rate = 1 - alpha * epoch
+    for x, i in zip(features, indices.tolist()):
+        memory[i] = rate * memory[i] + (1 - rate) * x
+        memory[i] = memory[i] / memory[i].norm()
+    return memory
+
+
+def update_normalise_feature_only(memory, indices, features, alpha, epoch):
+    rate = alpha * epoch
+    for x, i in zip(features, indices.tolist()):
+        memory[i] = rate * memory[i] + (1 - rate) * x / x.norm()
+    return memory
+
+
+def update_one_shot(memory, indices, features, alpha, epoch):
+    rate = alpha * epoch
+    rows = rate * memory[indices] + (1 - rate) * features
+    memory[indices] = rows / rows.norm(dim=1, keepdim=True)
+    return memory
+
+
+def update_touches_all(memory, indices, features, alpha, epoch):
+    memory = update_solution(memory, indices, features, alpha, epoch)
+    return memory / memory.norm(dim=1, keepdim=True).clamp_min(1.5)
+
+
+def test_update_solution_passes(capsys):
+    checks.check_memory_update(update_solution)
+    checks.check_memory_update(update_solution, repeated_indices=True)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+def test_update_library_loop_passes():
+    checks.check_memory_update(
+        lambda m, i, f, a, e: memory_update_loop_(m, i, f, a * e), repeated_indices=True
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (update_no_normalise, "you forgot to L2-normalise the updated row"),
+        (update_normalise_feature_only, "you forgot to L2-normalise the updated row"),
+        (update_alpha_only, "you used alpha instead of alpha\\*epoch"),
+        (update_swapped, "the weights are swapped"),
+        (update_touches_all, "rows that are not in the batch"),
+        (lambda m, i, f, a, e: None, "returned None"),
+    ],
+)
+def test_update_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_memory_update(wrong, repeated_indices=True)
+
+
+def test_one_shot_update_passes_distinct_but_fails_repeated_indices():
+    checks.check_memory_update(update_one_shot)  # the visible test: distinct indices
+    with pytest.raises(checks.ExerciseError, match="once per occurrence, in batch order"):
+        checks.check_memory_update(update_one_shot, repeated_indices=True)  # the hidden test
+
+
+# --- exercise 9.3: the temperature for a probability ratio -----------------------------------
+
+
+def temp_solution(gap, ratio):
+    return gap / math.log(ratio)
+
+
+def test_temperature_solution_passes(capsys):
+    checks.check_temperature_for(temp_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_temperature_matches_the_softmax():
+    # the answer, checked against an actual softmax over a memory: two slots `gap` apart in cosine
+    beta = temp_solution(0.2, 5.0)
+    memory = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=torch.float64)  # cosines 1.0, 0.8, 0.0 with f
+    p = torch.softmax(torch.tensor([1.0, 0.0], dtype=torch.float64) @ memory.t() / beta, dim=0)
+    assert (p[0] / p[1]).item() == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda gap, ratio: gap * math.log(ratio), "you multiplied by ln\\(ratio\\)"),
+        (lambda gap, ratio: math.log(ratio) / gap, "that is 1 / beta"),
+        (lambda gap, ratio: gap / ratio, "divided by the ratio itself"),
+        (lambda gap, ratio: gap / math.log10(ratio), "natural logarithm"),
+        (lambda gap, ratio: None, "returned None"),
+        (lambda gap, ratio: [gap], "one number"),
+    ],
+)
+def test_temperature_wrong_answers_named(wrong, message):
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_temperature_for(wrong)
+
+
+def test_unattempted_exercises_explain_themselves():
+    def stub(*args):
+        raise NotImplementedError()
+
+    for checker in (checks.check_soft_target, checks.check_memory_update, checks.check_temperature_for):
+        with pytest.raises(checks.ExerciseError, match=checks.NOT_ATTEMPTED):
+            checker(stub)
+
+
+# --- the notebook's hand-written ECN against reidlab.memory ---------------------------------
+
+
+def _notebook_functions(*names: str) -> dict:
+    """Execute the notebook cells that define ``names`` (in notebook order) and return them."""
+    nb = json.loads(NOTEBOOK.read_text())
+    namespace: dict = {"torch": torch, "F": F}
+    found = set()
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "code" and any(f"def {n}(" in src for n in names):
+            exec(compile(src, f"09_exemplar_memory:{'/'.join(names)}", "exec"), namespace)
+            found |= {n for n in names if f"def {n}(" in src}
+    missing = set(names) - found
+    assert not missing, f"notebook 09 defines no {sorted(missing)}"
+    return namespace
+
+
+@pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 09 not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("epoch, repeat", [(0, False), (4, False), (5, False), (11, True), (20, False)])
+def test_notebook_published_loop_matches_invariance_loss(dtype, epoch, repeat):
+    ns = _notebook_functions("smooth_hot_loop", "published_ecn")
+    g = torch.Generator().manual_seed(epoch)
+    memory = F.normalize(torch.randn(11, 6, generator=g, dtype=dtype), dim=1)
+    features = F.normalize(torch.randn(5, 6, generator=g, dtype=dtype), dim=1)
+    indices = torch.tensor([3, 9, 3, 0, 3]) if repeat else torch.randperm(11, generator=g)[:5]
+    loss, grad, mem = ns["published_ecn"](features, indices, memory, beta=0.05, knn=4, alpha=0.01, epoch=epoch)
+    crit = InvarianceLoss(11, 6, beta=0.05, knn=4, alpha=0.01).to(dtype)
+    crit.memory.copy_(memory)
+    f = features.clone().requires_grad_(True)
+    ours = crit(f, indices, epoch)
+    ours.backward()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(loss, dtype=dtype), ours.detach(), **tol)
+    torch.testing.assert_close(grad, f.grad, **tol)
+    torch.testing.assert_close(mem, crit.memory, **tol)
+
+
+@pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 09 not built")
+def test_notebook_soft_target_loop_matches_library():
+    ns = _notebook_functions("smooth_hot_loop")
+    for logits, indices, k in checks._ex09_soft_target_cases():
+        torch.testing.assert_close(ns["smooth_hot_loop"](logits, indices, k), smooth_targets(logits, indices, k))
