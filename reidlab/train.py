@@ -38,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -575,6 +576,13 @@ def build_ecn(
 
     dev = _resolve_device(config.device) if device is None else torch.device(device)
     cuda = dev.type == "cuda"
+    if config.pretrained is None and config.freeze is not None:
+        warnings.warn(
+            f"freeze={config.freeze!r} with pretrained=None freezes randomly initialised layers (ECN freezes "
+            "ImageNet-trained ones): pass pretrained (e.g. 'IMAGENET1K_V1' or a weights file) or freeze=None",
+            UserWarning,
+            stacklevel=2,
+        )
     model = ReIDNet(
         source.num_train_pids, config.arch, pretrained=config.pretrained, num_features=config.num_features,
         dropout=config.dropout, neck=config.neck, freeze=config.freeze, channels_last=config.channels_last and cuda,

@@ -371,3 +371,13 @@ def test_color_style_dataset_sampling(domains):
     other = next(c for c in range(1, target.num_cams) if partial.available(c))
     with pytest.raises(ValueError, match="no colour statistics"):
         transfer_camera_style(Image.new("RGB", (8, 16)), other, 0, partial)
+
+
+def test_freezing_random_weights_warns(worlds, domains):
+    with pytest.warns(UserWarning, match="freezes randomly initialised layers"):
+        build_ecn(_cfg(worlds, pretrained=None, freeze="layer2"), *domains, "cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_ecn(_cfg(worlds, pretrained=None, freeze=None), *domains, "cpu")
