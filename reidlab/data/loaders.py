@@ -73,13 +73,17 @@ class _Base(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _read(self, path: str) -> Image.Image:
+        """The decoded image, from the in-memory cache when ``cache=True``."""
+        if self._cache is None:
+            return read_image(path)
+        img = self._cache.get(path)
+        if img is None:
+            img = self._cache[path] = read_image(path)
+        return img
+
     def _load(self, path: str):
-        if self._cache is not None:
-            img = self._cache.get(path)
-            if img is None:
-                img = self._cache[path] = read_image(path)
-        else:
-            img = read_image(path)
+        img = self._read(path)
         return self.transform(img) if self.transform is not None else img
 
 
@@ -216,12 +220,7 @@ class ColorStyleTargetDataset(_Base):
     def styled(self, index: int, camid: int) -> Image.Image:
         """Sample ``index`` rendered by camera ``camid`` (before the transform)."""
         path, _, cam = self.items[index]
-        if self._cache is not None:
-            img = self._cache.get(path)
-            if img is None:
-                img = self._cache[path] = read_image(path)
-        else:
-            img = read_image(path)
+        img = self._read(path)
         return img if camid == cam else transfer_camera_style(img, cam, camid, self.stats)
 
     def __getitem__(self, index: int):
