@@ -247,7 +247,8 @@ def knn_precision(memory: torch.Tensor, true_ids: Any, k: int = 6, *, chunk: int
     memory neighbours, which only helps if they are mostly the same person. The true ids
     are never used for training; the synthetic world (and real datasets' file names) know
     them, so notebooks 09 and 10 can measure this as training proceeds. Rows that are all
-    zero (slots never written) count as misses.
+    zero (slots never written) count as misses. Any per-slot label works: with the cameras
+    as ``true_ids`` it measures how camera-bound the neighbours are (notebook 09).
     """
     memory = memory.float()
     ids = torch.as_tensor(true_ids, device=memory.device).view(-1)
