@@ -177,6 +177,17 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
+def _as_number(x: Any, cast: Callable[[Any], Any], *, if_none: str, if_wrong: str) -> Any:
+    """``cast(x)`` (``float`` or ``int``), failing with ``if_none`` for a missing ``return`` and
+    ``if_wrong`` (``{type}`` is filled in) for something that is not one number."""
+    if x is None:
+        fail(if_none)
+    try:
+        return cast(x)
+    except (TypeError, ValueError):
+        fail(if_wrong.format(type=type(x).__name__))
+
+
 def expect_close(
     actual: Any,
     expected: torch.Tensor,
@@ -630,14 +641,11 @@ def check_fixed_bn_names(fn: Callable[[torch.nn.Module], Any]) -> None:
 def _call_ap(fn: Callable[[Any], Any], matches: list[bool]) -> float:
     import numpy as np
 
-    got = fn(np.array(matches, dtype=bool))
-    if got is None:
-        fail("your function returned None: did it forget to `return` the AP?")
-    try:
-        return float(got)
-    except (TypeError, ValueError):
-        fail(f"return one number (the AP of the list), got {type(got).__name__}")
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _as_number(
+        fn(np.array(matches, dtype=bool)), float,
+        if_none="your function returned None: did it forget to `return` the AP?",
+        if_wrong="return one number (the AP of the list), got {type}",
+    )
 
 
 def _ap_reference(matches: list[bool]) -> float:
@@ -1116,13 +1124,8 @@ def check_count_norm_params(fn: Callable[[torch.nn.Module], Any]) -> None:
     }
     for what, model in models.items():
         want = _norm_affine_reference(model)
-        got = fn(model)
-        if got is None:
-            fail("your function returned None: return the number of scalars")
-        try:
-            got = int(got)
-        except (TypeError, ValueError):
-            fail(f"return one integer, got {type(got).__name__}")
+        got = _as_number(fn(model), int, if_none="your function returned None: return the number of scalars",
+                         if_wrong="return one integer, got {type}")
         if got == want:
             continue
         bn_only = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -1306,13 +1309,8 @@ def check_temperature_for(fn: Callable[[float, float], Any]) -> None:
     import math
 
     for gap, ratio in ((0.1, math.exp(2.0)), (0.3, 100.0), (0.05, 10.0), (0.5, 2.0)):
-        got = fn(gap, ratio)
-        if got is None:
-            fail("your function returned None: return the temperature beta")
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            fail(f"return one number, got {type(got).__name__}")
+        got = _as_number(fn(gap, ratio), float, if_none="your function returned None: return the temperature beta",
+                         if_wrong="return one number, got {type}")
         want = gap / math.log(ratio)
         if math.isclose(got, want, rel_tol=1e-6):
             continue
