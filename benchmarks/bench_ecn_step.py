@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import reidlab.memory as memory_module
 from reidlab.memory import InvarianceLoss
 from reidlab.models import ReIDNet
-from reidlab.train import ecn_loss, make_optimizer
+from reidlab.ecn import ecn_loss, make_optimizer
 
 
 @contextlib.contextmanager

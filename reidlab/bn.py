@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .runtime import module_device
+
 __all__ = [
     "batch_norm",
     "is_bn",
@@ -462,12 +464,6 @@ def _first_tensor(batch: Any) -> torch.Tensor:
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def recalibrate_bn(
     model: nn.Module,
     loader: Iterable[Any],
@@ -521,7 +517,7 @@ def recalibrate_bn(
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not bns:
         raise ValueError("the model has no BN layer with track_running_stats=True: there is nothing to recalibrate")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else module_device(model)
 
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]

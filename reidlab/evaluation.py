@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import module_device
+
 Distances = Union[np.ndarray, torch.Tensor]
 """A ``(num_query, num_gallery)`` distance matrix, numpy or torch."""
 
@@ -173,10 +175,7 @@ def extract_features(
     saves memory and time. ``no_grad``/``inference_mode`` do **not** switch BN to eval mode
     (notebook 02); that is what ``model.eval()`` here is for.
     """
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = module_device(model) if device is None else torch.device(device)
     was_training = model.training
     feats: list[torch.Tensor] = []
     pids: list[np.ndarray] = []

@@ -21,3 +21,20 @@ def _isolated_data_dir(tmp_path, monkeypatch):
 def no_profile_env(monkeypatch):
     monkeypatch.delenv("REIDLAB_PROFILE", raising=False)
     return os.environ
+
+
+@pytest.fixture
+def restore_torch_flags():
+    """Put back the global torch flags that ``reidlab.lessons.setup()`` sets (for tests that call it)."""
+    import torch
+
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]

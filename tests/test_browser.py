@@ -59,7 +59,7 @@ def _write_broken_notebook(path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import matplotlib.pyplot as plt\n"
-        "from reidlab.widgets import Slider, slider_plot\n"
+        "from reidlab.lessons.widgets import Slider, slider_plot\n"
         "def draw(x):\n"
         "    fig, ax = plt.subplots(figsize=(3, 2))\n"
         "    ax.plot([0, 1], [0, 1])  # bug: x is ignored\n"

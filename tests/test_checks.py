@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reidlab import checks
+from reidlab.lessons import checks
 
 
 def stable(scores, t):
@@ -114,7 +114,7 @@ def test_graded_cells_in_a_kernel_explain_the_stub_and_only_it(tmp_path):
     """IPython side: a top-level solution stub (NameError in the graded cell) and a stub called
     directly in a graded cell read as ExerciseError; every other error looks as it always did."""
     errors = _run_cells([
-        "from reidlab import checks",
+        "from reidlab.lessons import checks",
         "# YOUR CODE HERE\nraise NotImplementedError()",                      # 1 solution cell (top level)
         "checks.check_running_mean_after_steps(running_mean_after)",          # 2 its graded cell
         "def keras_to_torch(m):\n    # YOUR CODE HERE\n    raise NotImplementedError()",

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from reidlab import checks
+from reidlab.lessons import checks
 
 # --- exercise 1.1: per-channel statistics ----------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidlab import checks
+from reidlab.lessons import checks
 from reidlab.dsbn import DSBN1d, DSBN2d, domain, dsbn_layers
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_dsbn.ipynb"

@@ -1,12 +1,12 @@
 """Notebook 10's exercise checkers: right answers pass, typical wrong answers fail with a message
-that names the mistake; and the checkers agree with reidlab.train (the loss and the schedule)."""
+that names the mistake; and the checkers agree with reidlab.ecn (the loss and the schedule)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reidlab import checks
-from reidlab.train import ECNConfig, ecn_loss
+from reidlab.lessons import checks
+from reidlab.ecn import ECNConfig, ecn_loss
 
 # --- exercise 10.1: ECN's total loss ----------------------------------------------------------
 
@@ -23,7 +23,7 @@ def test_loss_right_answer_passes(capsys):
 
 
 def test_loss_checker_agrees_with_the_trainer(capsys):
-    """reidlab.train.ecn_loss is what train_ecn optimises: the checker must accept it."""
+    """reidlab.ecn.ecn_loss is what train_ecn optimises: the checker must accept it."""
     checks.check_ecn_total_loss(ecn_loss)
     assert "correct" in capsys.readouterr().out
 
@@ -61,7 +61,7 @@ def test_schedule_right_answer_passes(capsys):
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 10, 12, 24, 40, 60, 100])
 def test_schedule_decay_agrees_with_the_trainer(epochs):
-    """The decay epoch the exercise asks for is the one reidlab.train.ECNConfig uses."""
+    """The decay epoch the exercise asks for is the one reidlab.ecn.ECNConfig uses."""
     assert checks._ex10_schedule_reference(epochs)[1] == ECNConfig(epochs=epochs).decay_epoch
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reidlab import bn as rbn
-from reidlab import checks
+from reidlab.lessons import checks
 
 ROOT = Path(__file__).resolve().parents[1]
 BN = nn.modules.batchnorm._BatchNorm

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidlab import checks
+from reidlab.lessons import checks
 from reidlab.memory import InvarianceLoss, memory_update_loop_, smooth_targets
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "09_exemplar_memory.ipynb"

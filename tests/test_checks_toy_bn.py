@@ -1,4 +1,4 @@
-"""Checkers of notebooks 02 and 03 (reidlab.checks), and the notebooks' lesson code vs reidlab.
+"""Checkers of notebooks 02 and 03 (reidlab.lessons.checks), and the notebooks' lesson code vs reidlab.
 
 Each checker must pass the solution and fail typical wrong answers with a message that names
 the mistake. The recalibration written out in notebook 03 must equal reidlab.bn.recalibrate_bn.
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from reidlab import checks
-from reidlab.toy import SmallBNNet, accuracy, make_toy_images
+from reidlab.lessons import checks
+from reidlab.lessons.toy import SmallBNNet, accuracy, make_toy_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

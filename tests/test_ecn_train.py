@@ -1,4 +1,4 @@
-"""ECN's trainer and CLI (reidlab.train), the target loaders of its invariance switches and the
+"""ECN's trainer and CLI (reidlab.ecn), the target loaders of its invariance switches and the
 colour-statistics CamStyle stand-in (reidlab.data.camstyle), on a micro synthetic world."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import reidlab.train as rt
+import reidlab.ecn as rt
 from reidlab.data.camstyle import camera_color_stats, lab_to_rgb, rgb_to_lab, transfer_camera_style
 from reidlab.data.datasets import load_reid_dataset
 from reidlab.data.loaders import (
@@ -26,7 +26,7 @@ from reidlab.data.loaders import (
 from reidlab.data.synth import Scale, make_synthetic_reid
 from reidlab.data.transforms import build_test_transform
 from reidlab.memory import InvarianceLoss
-from reidlab.train import ECNConfig, build_ecn, ecn_loss, load_checkpoint, main, train_ecn
+from reidlab.ecn import ECNConfig, build_ecn, ecn_loss, load_checkpoint, main, train_ecn
 
 MICRO = Scale(train_ids=6, train_images=24, test_ids=4, query=None, gallery_real=12, distractors=2, junk=2)
 # the smallest sizes that still run the whole pipeline: 3 steps of 8 + 8 images per epoch

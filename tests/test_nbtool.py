@@ -26,7 +26,7 @@ def test_notebooks_follow_the_template():
         code = [c.source for c in nb.cells if c.cell_type == "code"]
         assert nb.cells[0].source.startswith(f"# {path.name[:2]} "), f"{path.name}: title cell"
         assert "**Goal.**" in nb.cells[0].source and "**Runtime.**" in nb.cells[0].source, path.name
-        assert any("reidlab.setup(" in c for c in code[:3]), f"{path.name}: setup cell among the first three"
+        assert any("cfg = setup(" in c for c in code[:3]), f"{path.name}: setup cell among the first three"
         for heading in ("## Summary", "## Exercises", "## References"):
             assert heading in md, f"{path.name}: missing {heading}"
         assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code" and c.source.strip()), (

@@ -206,7 +206,7 @@ def test_image_grid():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reidlab.viz import image_grid
+    from reidlab.lessons.viz import image_grid
 
     x = render_identities("synth_market", num_ids=2, cams=[0, 1, 2], seed=0)
     fig = image_grid([list(x[0]), [x[1][0], None, x[1][2]]], row_titles=["a", "b"], col_titles=["1", "2", "3"])

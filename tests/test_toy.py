@@ -1,10 +1,10 @@
-"""reidlab.toy: the small classification world of the BN notebooks (02-05)."""
+"""reidlab.lessons.toy: the small classification world of the BN notebooks (02-05)."""
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from reidlab.toy import PATTERNS, SmallBNNet, accuracy, make_toy_images, train_classifier
+from reidlab.lessons.toy import PATTERNS, SmallBNNet, accuracy, make_toy_images, train_classifier
 
 
 def test_same_seed_same_images_other_seed_other_images():

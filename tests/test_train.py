@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from reidlab.models import ReIDNet
-from reidlab.train import split_batch, train_source
+from reidlab.ecn import split_batch, train_source
 
 
 def _loader(n=16, classes=4, h=32, w=16, seed=0, batch_size=8):

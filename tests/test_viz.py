@@ -1,4 +1,4 @@
-"""Tests of the ranked-list pictures and CMC curves in reidlab.viz."""
+"""Tests of the ranked-list pictures and CMC curves in reidlab.lessons.viz."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -9,7 +9,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from reidlab.evaluation import evaluate_rank
-from reidlab.viz import QUERY_COLOUR, RANK_COLOURS, cmc_curve, ranked_lists, show_ranked_list
+from reidlab.lessons.viz import QUERY_COLOUR, RANK_COLOURS, cmc_curve, ranked_lists, show_ranked_list
 
 GREEN, RED, GREY, BLUE = (to_rgba(RANK_COLOURS[1]), to_rgba(RANK_COLOURS[0]), to_rgba(RANK_COLOURS[-1]), to_rgba(QUERY_COLOUR))
 

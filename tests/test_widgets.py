@@ -1,7 +1,7 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from reidlab.widgets import Slider, slider_plot
+from reidlab.lessons.widgets import Slider, slider_plot
 
 
 def _draw_factory(calls):

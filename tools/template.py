@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-import reidlab
+from reidlab.lessons import setup
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-cfg = reidlab.setup(seed=0)
+cfg = setup(seed=0)
 
 # %% [markdown]
 # ## 1. A claim, stated
@@ -47,7 +47,7 @@ def answer(x):
 
 # %% {"nbgrader": {"grade": true, "grade_id": "exN_1_test", "locked": true, "points": 1, "schema_version": 3, "solution": false}}
 # NBVAL_CHECK_OUTPUT
-# reidlab.checks.check_something(answer)   # a checker that names the mistake
+# reidlab.lessons.checks.check_something(answer)   # a checker that names the mistake
 
 # %% [markdown]
 # ## References

@@ -19,7 +19,7 @@ Three map-style datasets over ``(path, pid, camid)`` lists from
 shuffle order and, through per-worker seeding, the augmentations repeat for a seed) and
 ``pin_memory`` only when the data is going to a CUDA device. :func:`make_reid_loaders`
 builds the four loaders of a domain-adaptation run; its ``camstyle`` argument picks the
-target dataset (ECN's trainer, :func:`reidlab.train.train_ecn`, uses it for its E / E+C
+target dataset (ECN's trainer, :func:`reidlab.ecn.train_ecn`, uses it for its E / E+C
 switches).
 """
 from __future__ import annotations

@@ -807,7 +807,7 @@ def make_synthetic_reid(
     Parameters
     ----------
     root:
-        Parent folder; default ``reidlab.data_dir() / 'synth'``.
+        Parent folder; default ``reidlab.files.data_dir() / 'synth'``.
     domain:
         ``'synth_market'`` (6 bright cameras) or ``'synth_duke'`` (8 dark cameras).
     scale:
@@ -829,7 +829,7 @@ def make_synthetic_reid(
     into place, so an interrupted run leaves no half tree behind and the next call starts
     over; a tree from an older generator version is redrawn.
     """
-    from ..config import data_dir
+    from ..files import data_dir
 
     _check_domain(domain)
     if isinstance(scale, Scale):

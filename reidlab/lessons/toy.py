@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .bn import _model_device as _device_of  # one definition of "where does this model live"
+from reidlab.runtime import module_device
 
 __all__ = ["PATTERNS", "make_toy_images", "SmallBNNet", "train_classifier", "accuracy"]
 
@@ -240,7 +240,7 @@ def train_classifier(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if len(dataset) < batch_size:  # type: ignore[arg-type]
         raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {batch_size}")  # type: ignore[arg-type]
-    device = _device_of(model)
+    device = module_device(model)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -292,7 +292,7 @@ def accuracy(
         batches: Iterable = DataLoader(data, batch_size=batch_size, shuffle=False)
     else:
         batches = data
-    device = _device_of(model)
+    device = module_device(model)
     correct = total = 0
     with torch.no_grad():
         for x, y in batches:

@@ -17,7 +17,7 @@ FIGURES_ENV = "REIDLAB_FIGURES_DIR"
 
 
 def use_style() -> None:
-    """One look for every figure of the series (called by :func:`reidlab.setup`)."""
+    """One look for every figure of the series (called by :func:`reidlab.lessons.setup`)."""
     import seaborn as sns
 
     sns.set_theme(context="notebook", style="whitegrid", palette="deep")
@@ -226,7 +226,7 @@ def ranked_lists(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .evaluation import _check_inputs, rank_gallery
+    from reidlab.evaluation import _check_inputs, rank_gallery
 
     d, qp, gp, qc, gc, _ = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, 1)
     _check_flags([], k)

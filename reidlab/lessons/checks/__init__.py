@@ -260,7 +260,7 @@ def check_evaluate_fixed(fn: Callable[..., Any]) -> None:
     """
     import copy
 
-    from .toy import SmallBNNet, accuracy, make_toy_images
+    from reidlab.lessons.toy import SmallBNNet, accuracy, make_toy_images
 
     data = make_toy_images(96, seed=11, shift=0.7, gain=1.6)  # a shifted domain: train-mode stats differ a lot
     base = SmallBNNet(width=4, seed=3)
@@ -307,7 +307,7 @@ def check_depends_on_batch(fn: Callable[[torch.nn.Module, torch.Tensor], Any]) -
     """
     import copy
 
-    from .toy import SmallBNNet, make_toy_images
+    from reidlab.lessons.toy import SmallBNNet, make_toy_images
 
     x = make_toy_images(8, seed=4).tensors[0]
     bn_net = SmallBNNet(width=4, seed=0)
@@ -1111,7 +1111,7 @@ def check_count_norm_params(fn: Callable[[torch.nn.Module], Any]) -> None:
     """
     import torchvision
 
-    from .ibn import resnet18_ibn_a
+    from reidlab.ibn import resnet18_ibn_a
 
     small = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.InstanceNorm2d(8), torch.nn.BatchNorm2d(8),
@@ -1405,7 +1405,7 @@ def check_ecn_total_loss(fn: Callable[..., Any]) -> None:
 def check_scaled_schedule(fn: Callable[[int], Any]) -> None:
     """Notebook 10: ``fn(epochs)`` must return ``(knn_epoch, decay_epoch)``: ECN's 5 and 40 of 60, scaled.
 
-    Both are 0-based epochs rounded to the nearest integer (as :attr:`reidlab.train.ECNConfig.decay_epoch`
+    Both are 0-based epochs rounded to the nearest integer (as :attr:`reidlab.ecn.ECNConfig.decay_epoch`
     does); the kNN term never starts before epoch 1, because during epoch 0 the memory is still
     being filled (its update rate ``alpha * epoch`` is 0 and unvisited slots are zeros).
     """
@@ -1642,7 +1642,7 @@ def check_split_dsbn_forward(fn: Callable[[torch.Tensor, torch.nn.Module, torch.
 
 def _ex06_model() -> torch.nn.Module:
     """A small two-branch DSBN network (converted with eval_domain=0) whose branches hold different statistics."""
-    from .dsbn import convert_dsbn, dsbn_layers
+    from reidlab.dsbn import convert_dsbn, dsbn_layers
 
     g = torch.Generator().manual_seed(64)
     model = torch.nn.Sequential(
@@ -1672,7 +1672,7 @@ def check_target_features(fn: Callable[[torch.nn.Module, torch.Tensor], Any]) ->
     """
     import copy
 
-    from .dsbn import domain, dsbn_layers
+    from reidlab.dsbn import domain, dsbn_layers
 
     images = torch.randn(6, 3, 7, 7, generator=torch.Generator().manual_seed(65)) * 1.5 + 0.5
     reference = _ex06_model().eval()

@@ -9,7 +9,7 @@ depends on is in its signature, and it returns what happened as a dict of lists.
 
 :func:`train_ecn` trains ECN (Zhong et al., "Invariance Matters: Exemplar Memory for Domain
 Adaptive Person Re-identification", CVPR 2019) from an :class:`ECNConfig`, with checkpoints,
-exact resume and CSV/JSON logs; ``python -m reidlab.train`` is its command line (:func:`main`).
+exact resume and CSV/JSON logs; ``python -m reidlab.ecn`` is its command line (:func:`main`).
 One step, as in the paper's published ``trainers.py``::
 
     source batch (images, ids)  -> logits          -> L_src = cross-entropy
@@ -50,11 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import atomic_save
-from .models import param_groups
+from ..files import atomic_save
+from ..models import param_groups
 
 if TYPE_CHECKING:
-    from .data.datasets import ReIDDataset
+    from ..data.datasets import ReIDDataset
 
 __all__ = [
     "train_source",
@@ -168,7 +168,7 @@ def train_source(
 
     Notes
     -----
-    Deterministic on the CPU for a fixed seed and loader order (``reidlab.setup`` turns
+    Deterministic on the CPU for a fixed seed and loader order (``reidlab.lessons.setup`` turns
     on deterministic algorithms); a NaN loss stops training with a ``FloatingPointError``
     instead of silently wrecking the weights.
     """
@@ -261,7 +261,7 @@ class ECNConfig:
         ``'dukemtmc-reid'``, ``'msmt17'``) or paths of Market-1501-style folders.
     data_dir:
         Folder holding the named real datasets, and where synthetic worlds are generated
-        (``None``: ``reidlab.data_dir() / 'synth'``). Must exist when given.
+        (``None``: ``reidlab.files.data_dir() / 'synth'``). Must exist when given.
     synth_scale, synth_seed:
         Size (``'tiny'``, ``'small'``, ``'market'``) and seed of a synthetic world.
     arch, pretrained:
@@ -360,12 +360,12 @@ class ECNConfig:
         """ECN's settings with the sizes of a profile, then ``overrides``.
 
         ``profile`` is a name (``'ci'``, ``'laptop'``, ``'gpu'``; ``None`` reads
-        ``$REIDLAB_PROFILE``, see :func:`reidlab.config.resolve_profile`) or the
-        :class:`reidlab.config.Profile` that ``reidlab.setup()`` returns (its seed is used).
+        ``$REIDLAB_PROFILE``, see :func:`reidlab.profiles.resolve_profile`) or the
+        :class:`reidlab.profiles.Profile` that ``reidlab.lessons.setup()`` returns (its seed is used).
         The profile gives ``height``, ``width``, ``arch``, ``batch_size``, ``epochs``,
         ``amp``, ``channels_last``, ``num_workers`` and ``synth_scale``.
         """
-        from .config import Profile, resolve_profile
+        from ..profiles import Profile, resolve_profile
 
         prof = profile if isinstance(profile, Profile) else resolve_profile(profile)
         values: dict[str, Any] = {
@@ -518,7 +518,7 @@ def load_domains(config: ECNConfig) -> tuple[ReIDDataset, ReIDDataset]:
     Raises ``FileNotFoundError`` when ``config.data_dir`` is given but is not a folder, or a
     dataset cannot be found, and ``ValueError`` for a wrong layout (messages name the path).
     """
-    from .data.datasets import load_reid_dataset
+    from ..data.datasets import load_reid_dataset
 
     root = None
     if config.data_dir is not None:
@@ -569,10 +569,10 @@ def build_ecn(
 
     The model's initial weights come from the global RNG: seed it first (``train_ecn`` does).
     """
-    from .data.loaders import ImageDataset, make_loader, make_reid_loaders
-    from .data.transforms import build_test_transform
-    from .memory import InvarianceLoss
-    from .models import ReIDNet
+    from ..data.loaders import ImageDataset, make_loader, make_reid_loaders
+    from ..data.transforms import build_test_transform
+    from ..memory import InvarianceLoss
+    from ..models import ReIDNet
 
     dev = _resolve_device(config.device) if device is None else torch.device(device)
     cuda = dev.type == "cuda"
@@ -639,7 +639,7 @@ def evaluate_model(
     ``model`` returns its test feature in eval mode (ReIDNet: L2-normalised pool5, as ECN
     tests); distances are euclidean (:mod:`reidlab.evaluation`, notebook 08).
     """
-    from .evaluation import evaluate_rank, extract_features, pairwise_distance
+    from ..evaluation import evaluate_rank, extract_features, pairwise_distance
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
@@ -727,7 +727,7 @@ def _train_epoch(parts: ECNParts, config: ECNConfig, epoch: int, progress: bool)
     seconds = time.perf_counter() - t0
     knn = None
     if crit is not None and 1 <= config.knn < len(parts.true_ids):
-        from .memory import knn_precision
+        from ..memory import knn_precision
 
         knn = float(knn_precision(crit.memory, parts.true_ids.to(crit.memory.device), config.knn))
     return {
@@ -1025,7 +1025,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m reidlab.train",
+        prog="python -m reidlab.ecn",
         description="Train ECN (Zhong et al., CVPR 2019) for domain-adaptive person re-ID: labelled source, "
         "unlabelled target. Writes checkpoint.pt, log.csv, history.json, metrics.json and config.json to --out "
         "and resumes from its checkpoint when rerun.",
@@ -1082,7 +1082,7 @@ def _pct(x: float | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reidlab.train ...``: train (or resume) ECN; returns the exit code.
+    """``python -m reidlab.ecn ...``: train (or resume) ECN; returns the exit code.
 
     0 on success (a one-line summary on stdout); 2 for bad input (missing data dir or
     dataset, mismatched checkpoint, bad setting, non-finite loss) with a one-line

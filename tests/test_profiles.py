@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import reidlab
-from reidlab.config import PROFILES, resolve_profile
+from reidlab.files import data_dir
+from reidlab.lessons import setup
+from reidlab.profiles import PROFILES, resolve_profile
 
 
 def test_default_profile_follows_cuda(no_profile_env):
@@ -37,12 +38,12 @@ def test_profiles_grow_with_scale():
     assert (gpu.height, gpu.width, gpu.batch_size, gpu.epochs) == (256, 128, 128, 60)  # the paper's settings
 
 
-def test_setup_seeds_everything_and_reports(capsys, monkeypatch):
+def test_setup_seeds_everything_and_reports(capsys, monkeypatch, restore_torch_flags):
     monkeypatch.setenv("REIDLAB_PROFILE", "ci")
-    cfg = reidlab.setup(seed=123)
+    cfg = setup(seed=123)
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     out = capsys.readouterr().out
-    reidlab.setup(seed=123, verbose=False)
+    setup(seed=123, verbose=False)
     second = (random.random(), np.random.rand(), torch.rand(1).item())
     assert first == second
     assert (cfg.name, cfg.seed, cfg.device) == ("ci", 123, "cuda" if torch.cuda.is_available() else "cpu")
@@ -54,4 +55,4 @@ def test_setup_seeds_everything_and_reports(capsys, monkeypatch):
 
 def test_data_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("REIDLAB_DATA_DIR", str(tmp_path / "x"))
-    assert reidlab.data_dir() == tmp_path / "x"
+    assert data_dir() == tmp_path / "x"

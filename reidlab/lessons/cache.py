@@ -3,7 +3,7 @@
 Long computations in the notebooks (training a network, generating a dataset) go behind
 this helper. The first run trains and caches; later runs load the cache. The cache key
 holds the profile and every setting passed in ``key``, so changing a setting retrains
-instead of silently loading a stale result. Files live under :func:`reidlab.data_dir`
+instead of silently loading a stale result. Files live under :func:`reidlab.files.data_dir`
 (git-ignored), are written atomically and read with ``weights_only=True``: a cache file
 can hold tensors, numbers, strings, lists and dicts, never arbitrary pickled objects.
 """
@@ -12,31 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .config import data_dir
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place.
-
-    A run killed mid-write leaves the previous file intact instead of a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+from reidlab.files import atomic_save, data_dir
 
 
 def cache_path(name: str, key: dict[str, Any] | None = None, *, root: str | os.PathLike | None = None) -> Path:

@@ -9,20 +9,20 @@ The notebooks never hard-code how big a run is. They ask the active profile:
 
 The profile is chosen by the ``REIDLAB_PROFILE`` environment variable; without it,
 ``gpu`` when CUDA is available and ``laptop`` otherwise. It is the only global
-state ``reidlab`` keeps (see :func:`reidlab.setup`, introduced in notebook 00).
+state ``reidlab`` reads. The table lives in the library, not in the lessons, because the
+ECN command line (``python -m reidlab.ecn --profile ci``) takes its sizes from it too;
+:func:`reidlab.lessons.setup` (notebook 00) resolves it for the notebooks.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
 PROFILE_ENV = "REIDLAB_PROFILE"
-DATA_ENV = "REIDLAB_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class Profile:
     num_workers: int
     amp: bool  # bf16 autocast (CUDA only)
     channels_last: bool
-    device: str = "cpu"  # filled in by reidlab.setup()
-    seed: int = 0  # filled in by reidlab.setup()
+    device: str = "cpu"  # filled in by reidlab.lessons.setup()
+    seed: int = 0  # filled in by reidlab.lessons.setup()
 
     def pick(self, *, ci: T, laptop: T, gpu: T) -> T:
         """Return the value for this profile, e.g. ``steps = cfg.pick(ci=50, laptop=500, gpu=2000)``."""
@@ -122,18 +122,3 @@ def resolve_profile(name: str | None = None, *, cuda_available: bool | None = No
 def with_runtime(profile: Profile, *, device: str, seed: int) -> Profile:
     """A copy of ``profile`` that also records the device and seed of this run."""
     return dataclasses.replace(profile, device=device, seed=seed)
-
-
-def data_dir() -> Path:
-    """Where generated data and cached results go (never the tracked tree).
-
-    ``$REIDLAB_DATA_DIR`` if set; else ``data/`` at the root of a source checkout
-    (git-ignored); else ``~/.cache/reidlab``.
-    """
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and os.access(root, os.W_OK):
-        return root / "data"
-    return Path.home() / ".cache" / "reidlab"

@@ -1,0 +1,5 @@
+import sys
+
+from .train_all import main
+
+sys.exit(main())
