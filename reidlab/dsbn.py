@@ -8,7 +8,8 @@ gap between two synthetic domains, writes the split-batch layer out by hand, and
 claim of a widely copied DSBN blog snippet that routing target test data through the target BN or
 through one unified BN makes no difference.
 
-What is here, and how it differs from the widely copied snippet (``sources/000``):
+What is here, and how it differs from the widely copied snippet (a Chinese blog post on
+domain-specific BN for unsupervised re-ID, "训练过程source和target采用不同的BN参数…"):
 
 * :class:`DSBN1d` / :class:`DSBN2d` hold ``num_domains`` plain ``nn.BatchNorm1d/2d``
   branches in an ``nn.ModuleList`` called ``bns``, so each branch *is* a normal BN (its
@@ -226,7 +227,7 @@ def convert_dsbn(model: nn.Module, num_domains: int = 2, *, eval_domain: int = -
     conversion, the model computes exactly what it computed before, in eval mode and (with
     an explicit domain) in training; the branches only drift apart when they see different
     data. The new layers are created on the device and dtype of the BN they replace, so a
-    model already on a GPU converts in place (the snippet in ``sources/000`` asserts CPU).
+    model already on a GPU converts in place (the blog snippet asserts CPU).
 
     Parameters
     ----------

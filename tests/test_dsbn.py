@@ -2,7 +2,8 @@
 
 Every DSBN branch must behave exactly like an independent ``nn.BatchNorm`` fed the same data
 (outputs, running statistics, num_batches_tracked, gradients); the split mode must do what the
-widely copied snippet of ../shared/sources/000 does (re-stated below in our own words);
+widely copied snippet of a Chinese blog post on domain-specific BN for unsupervised re-ID
+("训练过程source和target采用不同的BN参数…") does (re-stated below in our own words);
 conversion must be lossless both ways, on any device and dtype, and survive a state_dict
 round trip with strict=True.
 """
@@ -115,7 +116,7 @@ def test_branches_keep_bn_settings():
 
 
 class ClassicSplitBN(nn.Module):
-    """The behaviour of the snippet in sources/000, re-stated: two BNs, S and T.
+    """The behaviour of the blog post's split-batch snippet, re-stated: two BNs, S and T.
 
     Training: the first half of the batch goes through BN_S, the second half through BN_T,
     the two outputs are concatenated in that order. Eval: the whole batch goes through BN_T.
