@@ -20,15 +20,16 @@ from pathlib import Path
 from reidlab.data.synth import make_synthetic_reid
 
 
-def run(domain: str, scale: str, workers: int, camstyle: bool) -> None:
+def run(domain: str, scale: str, workers: int, write_camstyle: bool) -> None:
+    """Generate one tree into a temporary folder and print its timing."""
     with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp:
         t0 = time.perf_counter()
-        out = make_synthetic_reid(tmp, domain, scale, seed=0, camstyle=camstyle, workers=workers)
+        out = make_synthetic_reid(tmp, domain, scale, seed=0, write_camstyle=write_camstyle, workers=workers)
         dt = time.perf_counter() - t0
         counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
         n = counts["train_images"] + counts["query"] + counts["gallery_files"] + counts["camstyle"]
     print(
-        f"{domain} {scale:6} camstyle={'yes' if camstyle else 'no ':3} workers={workers}: "
+        f"{domain} {scale:6} camstyle={'yes' if write_camstyle else 'no ':3} workers={workers}: "
         f"{dt:7.1f} s  {n:6d} images ({counts['camstyle']} CamStyle)  {n / dt:7.0f} images/s"
     )
 
@@ -43,9 +44,9 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"cores: {os.cpu_count()}  load average (1 min): {load:.1f}")
     if args.camstyle in ("both", "none"):
-        run(args.domain, args.scale, args.workers, camstyle=False)
+        run(args.domain, args.scale, args.workers, write_camstyle=False)
     if args.camstyle in ("both", "only"):
-        run(args.domain, args.scale, args.workers, camstyle=True)
+        run(args.domain, args.scale, args.workers, write_camstyle=True)
 
 
 if __name__ == "__main__":

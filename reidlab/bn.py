@@ -28,6 +28,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops.misc import FrozenBatchNorm2d
+from tqdm.auto import tqdm
 
 from .runtime import module_device
 
@@ -184,22 +186,13 @@ def batch_norm(
 # --- finding and describing BN layers -------------------------------------------------------
 
 
-def _frozen_bn2d_type() -> type | None:
-    try:
-        from torchvision.ops.misc import FrozenBatchNorm2d
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
-    return FrozenBatchNorm2d
-
-
 def is_bn(module: nn.Module) -> bool:
     """True for BatchNorm1d/2d/3d, SyncBatchNorm (any ``_BatchNorm``) and torchvision's ``FrozenBatchNorm2d``.
 
     Instance norm is *not* BN here (it keeps no batch statistics in its default setting).
     Notebook 05.
     """
-    frozen = _frozen_bn2d_type()
-    return isinstance(module, _BatchNorm) or (frozen is not None and isinstance(module, frozen))
+    return isinstance(module, (_BatchNorm, FrozenBatchNorm2d))
 
 
 def _requires_grad(module: nn.Module) -> bool | str | None:
@@ -533,8 +526,6 @@ def recalibrate_bn(
             m.training = True
         iterator: Iterable[Any] = loader
         if progress:
-            from tqdm.auto import tqdm
-
             iterator = tqdm(loader, total=num_batches, desc="recalibrate BN", leave=False)
         with torch.no_grad():
             for batch in iterator:

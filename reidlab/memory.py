@@ -39,6 +39,7 @@ contains an index more than once gives exactly what the reference's sequential l
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -149,6 +150,12 @@ class _ExemplarMemory(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_logits: torch.Tensor):
+        if getattr(ctx, "updated", False):
+            raise RuntimeError(
+                "a second backward through the same InvarianceLoss call (retain_graph=True) would update the "
+                "memory twice; compute the loss again for every backward"
+            )
+        ctx.updated = True
         features, indices = ctx.saved_tensors
         grad_features = None
         if ctx.needs_input_grad[0]:
@@ -182,6 +189,12 @@ class InvarianceLoss(nn.Module):
     ``tgt_feat``), their indices into the target training set and the 0-based epoch;
     ``loss.backward()`` then updates ``crit.memory``. The memory starts at zeros, as in the
     published code, and is filled by the first epoch's updates (rate 0 there).
+
+    One call, one backward: the memory update lives in the backward pass, so a second call
+    while the first call's loss is still waiting for its backward, or a second backward of one
+    call (``retain_graph=True``), would update the memory twice. Both raise ``RuntimeError``.
+    A call without gradients (``torch.no_grad()``, or features that need none) only computes
+    the loss and updates nothing; a loss dropped without backward is forgotten.
     """
 
     memory: torch.Tensor
@@ -207,6 +220,20 @@ class InvarianceLoss(nn.Module):
         self.num_samples, self.num_features = num_samples, num_features
         self.beta, self.knn, self.alpha, self.knn_epoch = beta, knn, alpha, knn_epoch
         self.register_buffer("memory", torch.zeros(num_samples, num_features))
+        self._pending: weakref.ref | None = None  # the last call's backward node, until it has run
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_pending"] = None  # a weak reference cannot be pickled; a saved loss has no pending graph
+        return state
+
+    def _check_no_pending_update(self) -> None:
+        node = self._pending() if self._pending is not None else None
+        if node is not None and not getattr(node, "updated", False):
+            raise RuntimeError(
+                "InvarianceLoss called again before the previous call's loss went through backward(): both "
+                "backward passes would update the memory; call backward() once per call (or drop the first loss)"
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -231,8 +258,11 @@ class InvarianceLoss(nn.Module):
         rate = self.alpha * epoch
         if rate > 1.0:
             raise ValueError(f"alpha*epoch = {rate:g} > 1: the memory update would not be a moving average")
+        self._check_no_pending_update()
         with torch.autocast(features.device.type, enabled=False):
-            logits = _ExemplarMemory.apply(features, indices, self.memory, rate) / self.beta
+            raw = _ExemplarMemory.apply(features, indices, self.memory, rate)
+            self._pending = weakref.ref(raw.grad_fn) if raw.grad_fn is not None else None
+            logits = raw / self.beta
             if self.uses_knn(epoch):
                 target = smooth_targets(logits, indices, self.knn)
                 return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()

@@ -53,7 +53,7 @@ from . import ibn as _ibn
 from .bn import set_bn_eval
 
 __all__ = [
-    "ReIDNet", "LoadReport", "param_groups", "count_parameters", "resolve_weights",
+    "ReIDNet", "LoadReport", "build_backbone", "load_matching", "param_groups", "count_parameters", "resolve_weights",
     "ARCHS", "TORCHVISION_ARCHS", "IBN_ARCHS", "FREEZE_POINTS",
 ]
 
@@ -147,6 +147,49 @@ def resolve_weights(arch: str, pretrained: PretrainedSpec) -> torchvision.models
     raise TypeError(f"pretrained must be None, a weights enum, a name or a file path, got {type(pretrained).__name__}")
 
 
+def _check_args(num_classes, arch, num_features, dropout, neck, last_stride, freeze, test_feature) -> None:
+    """``ValueError`` naming the first bad argument of :class:`ReIDNet`."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
+    if neck not in _NECKS:
+        raise ValueError(f"neck={neck!r}: choose 'no' (ECN's head) or 'bnneck'")
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if freeze is not None and freeze not in FREEZE_POINTS:
+        raise ValueError(f"freeze={freeze!r}: choose None or one of {', '.join(FREEZE_POINTS)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if num_features < 0:
+        raise ValueError(f"num_features must be >= 0, got {num_features}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if test_feature is not None and test_feature not in _TEST_FEATURES:
+        raise ValueError(f"test_feature={test_feature!r}: choose one of {', '.join(_TEST_FEATURES)}")
+
+
+def build_backbone(
+    arch: str, weights: torchvision.models.WeightsEnum | str | None = None, last_stride: int = 2
+) -> tuple[nn.Module, int]:
+    """The ResNet (or ResNet-IBN-a) of ``arch`` without its classifier, and its output width.
+
+    ``weights`` (from :func:`resolve_weights`): a torchvision enum is loaded here (downloaded
+    on first use); a file path is left to the caller (it may hold a whole ReIDNet).
+    ``last_stride=1`` removes layer4's downsampling (16x8 maps for a 256x128 input).
+    """
+    if arch in IBN_ARCHS:
+        base = getattr(_ibn, arch)()  # ResNetIBN: torchvision's layout, so the rest is shared
+    else:
+        builder = getattr(torchvision.models, arch)
+        base = builder(weights=weights if isinstance(weights, torchvision.models.WeightsEnum) else None)
+    in_planes = base.fc.in_features
+    base.fc = nn.Identity()  # the classifier lives in the head; pool5 is what base returns
+    if last_stride == 1:
+        block = base.layer4[0]
+        (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
+        block.downsample[0].stride = (1, 1)
+    return base, in_planes
+
+
 class ReIDNet(nn.Module):
     """ECN's re-ID network on a torchvision ResNet (see the module docstring).
 
@@ -198,42 +241,23 @@ class ReIDNet(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
-        if neck not in _NECKS:
-            raise ValueError(f"neck={neck!r}: choose 'no' (ECN's head) or 'bnneck'")
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        if freeze is not None and freeze not in FREEZE_POINTS:
-            raise ValueError(f"freeze={freeze!r}: choose None or one of {', '.join(FREEZE_POINTS)}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if num_features < 0:
-            raise ValueError(f"num_features must be >= 0, got {num_features}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if test_feature is not None and test_feature not in _TEST_FEATURES:
-            raise ValueError(f"test_feature={test_feature!r}: choose one of {', '.join(_TEST_FEATURES)}")
-
+        _check_args(num_classes, arch, num_features, dropout, neck, last_stride, freeze, test_feature)
         self.arch, self.neck, self.num_classes = arch, neck, num_classes
         self.freeze, self.last_stride = freeze, last_stride
         self.test_feature = test_feature or ("pool5" if neck == "no" else "embed")
         self.channels_last = channels_last
 
         weights = resolve_weights(arch, pretrained)
-        if arch in IBN_ARCHS:
-            base = getattr(_ibn, arch)()  # ResNetIBN: torchvision's layout, so the rest is shared
-        else:
-            builder = getattr(torchvision.models, arch)
-            base = builder(weights=weights if isinstance(weights, torchvision.models.WeightsEnum) else None)
-        in_planes = base.fc.in_features
-        base.fc = nn.Identity()  # the classifier lives in the head; pool5 is what base returns
-        if last_stride == 1:
-            block = base.layer4[0]
-            (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
-            block.downsample[0].stride = (1, 1)
-        self.base = base
+        self.base, in_planes = build_backbone(arch, weights, last_stride)
+        self._build_head(in_planes, num_features, num_classes, dropout)
+        if isinstance(weights, str):
+            self._load_pretrained_file(weights)
+        self._apply_freeze()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
+    def _build_head(self, in_planes: int, num_features: int, num_classes: int, dropout: float) -> None:
+        """FC-``num_features`` (Kaiming, fan_out) + BN1d, and the classifier (N(0, 0.001)), as ECN initialises them."""
         self.num_features = num_features or in_planes
         if num_features > 0:
             self.feat = nn.Linear(in_planes, num_features)
@@ -241,7 +265,7 @@ class ReIDNet(nn.Module):
             nn.init.zeros_(self.feat.bias)
         else:
             self.feat = None
-        if neck == "no":
+        if self.neck == "no":
             self.feat_bn = nn.BatchNorm1d(num_features) if num_features > 0 else None
             self.classifier = nn.Linear(self.num_features, num_classes)
             nn.init.zeros_(self.classifier.bias)
@@ -252,25 +276,24 @@ class ReIDNet(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.001)
         self.drop = nn.Dropout(dropout)
 
-        if isinstance(weights, str):
-            report = self.load_param(weights)
-            if not report.loaded:
-                raise ValueError(f"pretrained file {weights} holds no tensor that fits {arch}: {report.skipped}")
-            if arch in IBN_ARCHS:
-                loaded = set(report.loaded)
-                missing = [
-                    k for k in self.state_dict()
-                    if k.startswith("base.") and k not in loaded and not k.endswith("num_batches_tracked")
-                ]
-                if missing:
-                    shown = ", ".join(missing[:6]) + (f", ... ({len(missing) - 6} more)" if len(missing) > 6 else "")
-                    raise ValueError(
-                        f"pretrained file {weights} leaves {len(missing)} backbone tensors of {arch} unset: {shown}. "
-                        f"Is it the weight file of another network (a plain ResNet, IBN-b)?"
-                    )
-        self._apply_freeze()
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+    def _load_pretrained_file(self, path: str) -> None:
+        """Load a local weights file into the backbone; an IBN-a backbone must get every tensor."""
+        report = self.load_param(path)
+        if not report.loaded:
+            raise ValueError(f"pretrained file {path} holds no tensor that fits {self.arch}: {report.skipped}")
+        if self.arch not in IBN_ARCHS:
+            return
+        loaded = set(report.loaded)
+        missing = [
+            k for k in self.state_dict()
+            if k.startswith("base.") and k not in loaded and not k.endswith("num_batches_tracked")
+        ]
+        if missing:
+            shown = ", ".join(missing[:6]) + (f", ... ({len(missing) - 6} more)" if len(missing) > 6 else "")
+            raise ValueError(
+                f"pretrained file {path} leaves {len(missing)} backbone tensors of {self.arch} unset: {shown}. "
+                f"Is it the weight file of another network (a plain ResNet, IBN-b)?"
+            )
 
     # --- freezing ------------------------------------------------------------------------
 
@@ -348,38 +371,45 @@ class ReIDNet(nn.Module):
         Returns a :class:`LoadReport`; skipped keys are also logged. With
         ``strict_shapes=True`` a shape mismatch raises ``ValueError`` instead.
         """
-        if isinstance(source, (str, os.PathLike)):
-            path = os.fspath(source)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"no weights file at {path}")
-            source = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(source, Mapping) and "state_dict" in source and isinstance(source["state_dict"], Mapping):
-                source = source["state_dict"]
-        if not isinstance(source, Mapping):
-            raise TypeError(f"load_param expects a state_dict (a mapping of tensors), got {type(source).__name__}")
-        own = self.state_dict()
-        report = LoadReport()
-        for key, value in source.items():
-            k = key[len("module.") :] if key.startswith("module.") else key
-            if k.startswith(("classifier.", "fc.", "base.fc.")):
-                report.skipped[key] = "classifier"
-                continue
-            target = k if k in own else f"base.{k}" if f"base.{k}" in own else None
-            if target is None:
-                report.skipped[key] = "no such key"
-                continue
-            if not isinstance(value, torch.Tensor) or value.shape != own[target].shape:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                if strict_shapes:
-                    raise ValueError(f"{key}: shape {shape} does not fit {target} {tuple(own[target].shape)}")
-                report.skipped[key] = f"shape {shape} != {tuple(own[target].shape)}"
-                continue
-            with torch.no_grad():
-                own[target].copy_(value)
-            report.loaded.append(target)
-        if report.skipped:
-            log.info("load_param: %s; skipped: %s", report, sorted(report.skipped))
-        return report
+        return load_matching(self, source, strict_shapes=strict_shapes)
+
+
+def load_matching(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *, strict_shapes: bool = False
+) -> LoadReport:
+    """:meth:`ReIDNet.load_param` for any model whose backbone lives under ``base`` (see there)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no weights file at {path}")
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(source, Mapping) and "state_dict" in source and isinstance(source["state_dict"], Mapping):
+            source = source["state_dict"]
+    if not isinstance(source, Mapping):
+        raise TypeError(f"load_param expects a state_dict (a mapping of tensors), got {type(source).__name__}")
+    own = model.state_dict()
+    report = LoadReport()
+    for key, value in source.items():
+        k = key[len("module.") :] if key.startswith("module.") else key
+        if k.startswith(("classifier.", "fc.", "base.fc.")):
+            report.skipped[key] = "classifier"
+            continue
+        target = k if k in own else f"base.{k}" if f"base.{k}" in own else None
+        if target is None:
+            report.skipped[key] = "no such key"
+            continue
+        if not isinstance(value, torch.Tensor) or value.shape != own[target].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            if strict_shapes:
+                raise ValueError(f"{key}: shape {shape} does not fit {target} {tuple(own[target].shape)}")
+            report.skipped[key] = f"shape {shape} != {tuple(own[target].shape)}"
+            continue
+        with torch.no_grad():
+            own[target].copy_(value)
+        report.loaded.append(target)
+    if report.skipped:
+        log.info("load_param: %s; skipped: %s", report, sorted(report.skipped))
+    return report
 
 
 def param_groups(model: nn.Module, lr_backbone: float, lr_new: float) -> list[dict[str, Any]]:

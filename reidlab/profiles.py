@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 PROFILE_ENV = "REIDLAB_PROFILE"
@@ -106,8 +108,6 @@ def resolve_profile(name: str | None = None, *, cuda_available: bool | None = No
     chosen = name or os.environ.get(PROFILE_ENV) or None
     if chosen is None:
         if cuda_available is None:
-            import torch
-
             cuda_available = torch.cuda.is_available()
         chosen = "gpu" if cuda_available else "laptop"
     key = chosen.strip().lower()

@@ -1,4 +1,5 @@
 """tools/assign.py: student versions generated from the instructor notebooks, and grading."""
+import ast
 import csv
 import importlib.util
 import shutil
@@ -176,6 +177,21 @@ def test_every_graded_exercise_has_a_title_difficulty_checker_and_points(path):
         assert r["title"] and r["difficulty"] in assign.DIFFICULTIES and r["points"] > 0, r
         assert r["checker"].startswith("check_") and r["answer"], f"{r['grade_id']}: graded cells call a checker"
         assert r["number"].split(".")[0] == str(int(path.name[:2])), f"{r['grade_id']}: exercise {r['number']}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_answer_is_a_function_the_solution_cell_defines(path):
+    """A graded cell passes its checker a function written in a solution cell, never a top-level
+    value: the student stub then raises inside the checker, whose @checker decorator explains it
+    (an undefined top-level answer would give a bare NameError in the graded cell)."""
+    nb = nbformat.read(path, as_version=4)
+    defined = {
+        node.name
+        for i in assign.solution_cells(nb).values() if nb.cells[i].cell_type == "code"
+        for node in ast.parse(nb.cells[i].source).body if isinstance(node, ast.FunctionDef)
+    }
+    for r in assign.exercises(nb, path.stem):
+        assert r["answer"] in defined, f"{r['grade_id']}: {r['answer']!r} is not a function of a solution cell"
 
 
 def test_the_instructor_guide_table_is_generated_from_the_current_notebooks():

@@ -1,7 +1,32 @@
+"""The checkers' machinery (reidlab.lessons.checks): one module per notebook, every public
+``check_*`` explicitly decorated with ``checker``, the "not attempted" explanation, nothing
+installed on import; and notebook 00's checker."""
+import ast
+import importlib
+import inspect
+import json
+import pkgutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
-from reidlab.lessons import checks
+import reidlab.lessons.checks as checks
+from reidlab.lessons.checks import nb00
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+MODULES = {
+    info.name: importlib.import_module(f"reidlab.lessons.checks.{info.name}")
+    for info in pkgutil.iter_modules(checks.__path__)
+}
+CHECKERS = sorted((mod, name) for mod, module in MODULES.items() for name in vars(module) if name.startswith("check_"))
+
+
+# --- notebook 00: softmax with temperature -------------------------------------------------
 
 
 def stable(scores, t):
@@ -11,7 +36,7 @@ def stable(scores, t):
 
 
 def test_correct_softmax_passes(capsys):
-    checks.check_softmax_temperature(stable)
+    nb00.check_softmax_temperature(stable)
     assert "correct" in capsys.readouterr().out
 
 
@@ -26,47 +51,105 @@ def test_correct_softmax_passes(capsys):
     ],
 )
 def test_wrong_answers_get_a_specific_message(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_softmax_temperature(wrong)
+    with pytest.raises(nb00.ExerciseError, match=message):
+        nb00.check_softmax_temperature(wrong)
 
 
-# --- exercises not attempted yet: every checker, and graded cells in a kernel ---------------
-
-import inspect  # noqa: E402
-
-import nbformat  # noqa: E402
-
-CHECKERS = sorted(name for name in dir(checks) if name.startswith("check_"))
+# --- one module per notebook, every checker decorated ----------------------------------------
 
 
-def test_every_public_checker_is_wrapped():
-    assert len(CHECKERS) >= 10
-    for name in CHECKERS:
-        fn = getattr(checks, name)
-        assert getattr(fn, "_explains_unattempted", False), name
-        assert fn is getattr(checks, name), "the wrapper is cached: the same object every time"
-        assert fn.__name__ == name and fn.__doc__ == fn.__wrapped__.__doc__
+def undecorated_checkers(module: types.ModuleType) -> list[str]:
+    """The public ``check_*`` functions of ``module`` that lack the ``@checker`` marker."""
+    return [
+        name for name, value in vars(module).items()
+        if name.startswith("check_") and callable(value) and not getattr(value, "_explains_unattempted", False)
+    ]
+
+
+def test_one_checkers_module_per_notebook_and_each_notebook_imports_its_own():
+    assert sorted(MODULES) == [f"nb{p.name[:2]}" for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        mod = f"nb{path.name[:2]}"
+        cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        imports = [line for src in cells for line in src.splitlines() if "reidlab.lessons" in line and "checks" in line]
+        assert imports == [f"from reidlab.lessons.checks import {mod} as checks"], (path.name, imports)
+        called = {
+            node.func.attr for src in cells for node in ast.walk(ast.parse(src))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "checks"
+        }
+        assert called and called <= set(vars(MODULES[mod])), f"{path.name} calls {called - set(vars(MODULES[mod]))}"
+
+
+def test_every_public_checker_is_decorated():
+    assert len(CHECKERS) >= 29
+    for mod, module in MODULES.items():
+        assert not undecorated_checkers(module), f"add @checker to {mod}.{undecorated_checkers(module)}"
+    for mod, name in CHECKERS:
+        fn = getattr(MODULES[mod], name)
+        assert fn.__name__ == name and fn.__doc__ == fn.__wrapped__.__doc__ and fn.__doc__, f"{mod}.{name}"
         assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
+        assert fn.__module__ == f"reidlab.lessons.checks.{mod}", "each notebook's checkers live in its own module"
 
 
-@pytest.mark.parametrize("name", CHECKERS)
-def test_the_student_stub_gets_an_explanation_from_every_checker(name):
-    """A checker that calls the stub says "not attempted", never lets NotImplementedError out."""
+def test_a_checker_without_the_decorator_is_reported():
+    module = types.ModuleType("reidlab.lessons.checks.nb99")
+
+    def check_new(fn):
+        fn()
+
+    module.check_new, module.check_old = check_new, checks.checker(check_new)
+    assert undecorated_checkers(module) == ["check_new"]
+
+
+def test_the_package_holds_no_checker_and_imports_no_notebook_module():
+    assert not [name for name in vars(checks) if name.startswith("check_")]
+    tree = ast.parse(Path(checks.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if m and m.startswith("reidlab")}, imported
+
+
+def test_importing_the_checkers_installs_nothing():
+    """In a fresh interpreter with an IPython shell: after importing every checkers module, the
+    package is a plain module and the shell has no custom exception handler."""
+    code = """
+import importlib, pkgutil, sys, types
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+import reidlab.lessons.checks as checks
+for info in pkgutil.iter_modules(checks.__path__):
+    importlib.import_module(f"reidlab.lessons.checks.{info.name}")
+names = [n for n in sys.modules if n == "reidlab.lessons.checks" or n.startswith("reidlab.lessons.checks.")]
+assert len(names) >= 12, names
+assert all(type(sys.modules[n]) is types.ModuleType for n in names), {n: type(sys.modules[n]) for n in names}
+assert sys.modules["reidlab.lessons.checks"].__class__ is types.ModuleType
+assert shell.custom_exceptions == (), shell.custom_exceptions
+print("clean", len(names))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("clean")
+
+
+# --- exercises not attempted yet -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mod, name", CHECKERS, ids=[f"{m}.{n}" for m, n in CHECKERS])
+def test_the_student_stub_gets_an_explanation_from_every_checker(mod, name):
+    """Every checker calls the learner's function, and its stub reads as "not attempted"."""
     calls = []
 
     def my_answer(*args, **kwargs):
         calls.append(args)
         raise NotImplementedError()
 
-    try:
-        getattr(checks, name)(my_answer)
-    except checks.ExerciseError as err:
-        if calls:
-            assert str(err).startswith(checks.NOT_ATTEMPTED), str(err)
-            assert "raise NotImplementedError()" in str(err) and "`my_answer`" in str(err)
-            assert err.__cause__ is None and err.__suppress_context__
-    # a checker that takes a value, not a function, never calls the stub: any error but
-    # NotImplementedError is its business (the value case is covered by the kernel test below)
+    with pytest.raises(checks.ExerciseError) as info:
+        getattr(MODULES[mod], name)(my_answer)
+    assert calls, "the checker calls the learner's function"
+    err = info.value
+    assert str(err).startswith(checks.NOT_ATTEMPTED), str(err)
+    assert "raise NotImplementedError()" in str(err) and "`my_answer`" in str(err)
+    assert err.__cause__ is None and err.__suppress_context__
 
 
 def test_real_errors_pass_through_unchanged():
@@ -74,65 +157,34 @@ def test_real_errors_pass_through_unchanged():
         raise NotImplementedError("Could not run 'aten::foo' with arguments from the 'Meta' backend")
 
     with pytest.raises(NotImplementedError, match="aten::foo"):
-        checks.check_softmax_temperature(torch_style)
+        nb00.check_softmax_temperature(torch_style)
     with pytest.raises(ZeroDivisionError):
-        checks.check_softmax_temperature(lambda s, t: 1 / 0)
+        nb00.check_softmax_temperature(lambda s, t: 1 / 0)
     with pytest.raises(checks.ExerciseError, match="temperature divides"):  # checker logic unchanged
-        checks.check_softmax_temperature(lambda s, t: torch.softmax(s * t, -1))
+        nb00.check_softmax_temperature(lambda s, t: torch.softmax(s * t, -1))
 
 
-def test_a_new_checker_is_wrapped_without_a_decorator(monkeypatch):
-    def check_new(fn):
-        fn()
+def test_the_decorator_explains_the_stub_and_leaves_the_function_as_it_was():
+    def check_new(fn, *, value=None):
+        """Docstring."""
+        return fn() if value is None else value
 
-    monkeypatch.setattr(checks, "check_new", check_new, raising=False)
+    decorated = checks.checker(check_new)
+    assert checks.checker(decorated) is decorated, "decorating twice changes nothing"
+    assert decorated.__wrapped__ is check_new and decorated.__doc__ == "Docstring."
 
     def stub():
         raise NotImplementedError()
 
-    with pytest.raises(checks.ExerciseError, match="not attempted"):
-        checks.check_new(stub)
+    with pytest.raises(checks.ExerciseError, match=r"^exercise not attempted yet: .*`stub` still raises"):
+        decorated(stub)
+    class Stub:  # not a function: no name to show
+        def __call__(self):
+            raise NotImplementedError()
+
+    with pytest.raises(checks.ExerciseError, match=r"^exercise not attempted yet: replace .*, then run that cell") as info:
+        decorated(Stub())
+    assert "still raises" not in str(info.value)
+    assert decorated(stub, value=3) == 3
     with pytest.raises(NotImplementedError):
         check_new(stub)  # the plain function is untouched
-
-
-def _run_cells(sources, tmp_path):
-    from nbclient import NotebookClient
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = []
-    for cell in nb.cells:
-        err = [o for o in cell.outputs if o.output_type == "error"]
-        errors.append((err[0].ename, err[0].evalue) if err else None)
-    return errors
-
-
-def test_graded_cells_in_a_kernel_explain_the_stub_and_only_it(tmp_path):
-    """IPython side: a top-level solution stub (NameError in the graded cell) and a stub called
-    directly in a graded cell read as ExerciseError; every other error looks as it always did."""
-    errors = _run_cells([
-        "from reidlab.lessons import checks",
-        "# YOUR CODE HERE\nraise NotImplementedError()",                      # 1 solution cell (top level)
-        "checks.check_running_mean_after_steps(running_mean_after)",          # 2 its graded cell
-        "def keras_to_torch(m):\n    # YOUR CODE HERE\n    raise NotImplementedError()",
-        "checks.check_keras_to_torch(keras_to_torch)",                        # 4 checker calls the stub
-        "assert keras_to_torch(0.9) == 0.1\nchecks.check_keras_to_torch(keras_to_torch)",  # 5 hidden-test style
-        "print(undefined_name)",                                              # 6 not a graded cell
-        "checks.check_keras_to_torch(lambda m: 1 - m)\nprint(other_undefined)",  # 7 name not a checker argument
-        "raise NotImplementedError('a library feature')\ncheckz = checks.check_inp",  # 8 has a message
-        "checks.check_keras_to_torch(lambda m: m)",                           # 9 a wrong answer
-        "checks.check_keras_to_torch(lambda m: 1 - m)",                       # 10 a right one
-    ], tmp_path)
-    assert errors[0] is None and errors[10] is None
-    assert errors[1] == ("NotImplementedError", "")
-    for i in (2, 4, 5):
-        assert errors[i][0] == "ExerciseError" and errors[i][1].startswith("exercise not attempted yet"), errors[i]
-    assert "`running_mean_after` is not defined" in errors[2][1]
-    assert "`keras_to_torch` still raises" in errors[4][1]
-    assert errors[6] == ("NameError", "name 'undefined_name' is not defined")
-    assert errors[7] == ("NameError", "name 'other_undefined' is not defined")
-    assert errors[8] == ("NotImplementedError", "a library feature")
-    assert errors[9][0] == "ExerciseError" and "opposite" in errors[9][1]

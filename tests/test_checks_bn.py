@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import nb01 as checks
 
 # --- exercise 1.1: per-channel statistics ----------------------------------------------------
 

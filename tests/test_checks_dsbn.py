@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import NOT_ATTEMPTED
+from reidlab.lessons.checks import nb06 as checks
 from reidlab.dsbn import DSBN1d, DSBN2d, domain, dsbn_layers
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_dsbn.ipynb"
@@ -225,7 +226,7 @@ def test_target_wrong_answers_named(wrong, message):
 
 def test_target_checker_model_routes_eval_to_the_source_branch():
     """The exercise is only meaningful if plain eval mode does NOT give the target branch."""
-    model = checks._ex06_model().eval()
+    model = checks._dsbn_model().eval()
     x = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         default = model(x)
@@ -355,5 +356,5 @@ def test_unattempted_stub_gets_a_sentence(checker):
     def stub(*args):
         raise NotImplementedError()
 
-    with pytest.raises(checks.ExerciseError, match=checks.NOT_ATTEMPTED):
+    with pytest.raises(checks.ExerciseError, match=NOT_ATTEMPTED):
         checker(stub)

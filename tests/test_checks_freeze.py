@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reidlab import bn as rbn
-from reidlab.lessons import checks
+from reidlab.lessons.checks import ExerciseError, nb04, nb05
 
 ROOT = Path(__file__).resolve().parents[1]
 BN = nn.modules.batchnorm._BatchNorm
@@ -37,13 +37,13 @@ def bn_forward_right(bn, x):
 
 
 def test_bn_forward_right_answer_passes(capsys):
-    checks.check_bn_forward(bn_forward_right)
+    nb04.check_bn_forward(bn_forward_right)
     assert "correct" in capsys.readouterr().out
 
 
 def test_bn_forward_must_not_call_the_layer():
-    with pytest.raises(checks.ExerciseError, match="called the layer"):
-        checks.check_bn_forward(lambda bn, x: bn(x))
+    with pytest.raises(ExerciseError, match="called the layer"):
+        nb04.check_bn_forward(lambda bn, x: bn(x))
 
 
 @pytest.mark.parametrize(
@@ -62,8 +62,8 @@ def test_bn_forward_must_not_call_the_layer():
     ],
 )
 def test_bn_forward_wrong_answers(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_bn_forward(wrong)
+    with pytest.raises(ExerciseError, match=message):
+        nb04.check_bn_forward(wrong)
 
 
 # --- notebook 04: make_untracked --------------------------------------------------------------
@@ -78,7 +78,7 @@ def untrack_right(model):
 
 
 def test_make_untracked_right_answer_passes(capsys):
-    checks.check_make_untracked(untrack_right)
+    nb04.check_make_untracked(untrack_right)
     assert "correct" in capsys.readouterr().out
 
 
@@ -132,15 +132,15 @@ def _fresh_layers(model):
     ],
 )
 def test_make_untracked_wrong_answers(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_make_untracked(wrong)
+    with pytest.raises(ExerciseError, match=message):
+        nb04.check_make_untracked(wrong)
 
 
 # --- notebook 05: freeze_bn ------------------------------------------------------------------
 
 
 def test_reidlab_freeze_bn_passes_the_exercise(capsys):
-    checks.check_freeze_bn(rbn.freeze_bn)
+    nb05.check_freeze_bn(rbn.freeze_bn)
     assert "correct" in capsys.readouterr().out
 
 
@@ -188,8 +188,8 @@ def _freeze_everything(model):
     ],
 )
 def test_freeze_bn_wrong_answers(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_freeze_bn(wrong)
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_freeze_bn(wrong)
 
 
 # --- notebook 05: FrozenBatchNorm2d conversion -------------------------------------------------
@@ -229,10 +229,10 @@ def _notebook_function(path: Path, name: str):
 
 
 def test_to_frozen_right_answers_pass(capsys):
-    checks.check_to_frozen_bn(_convert)
-    nb05 = ROOT / "notebooks" / "05_freezing_bn.ipynb"
-    if nb05.exists():  # the notebook's own conversion (section 4) passes too
-        checks.check_to_frozen_bn(_notebook_function(nb05, "convert_to_frozen"))
+    nb05.check_to_frozen_bn(_convert)
+    notebook = ROOT / "notebooks" / "05_freezing_bn.ipynb"
+    if notebook.exists():  # the notebook's own conversion (section 4) passes too
+        nb05.check_to_frozen_bn(_notebook_function(notebook, "convert_to_frozen"))
     assert "correct" in capsys.readouterr().out
 
 
@@ -246,13 +246,13 @@ def test_to_frozen_right_answers_pass(capsys):
     ],
 )
 def test_to_frozen_wrong_answers(kwargs, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_to_frozen_bn(lambda m: _convert(m, **kwargs))
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_to_frozen_bn(lambda m: _convert(m, **kwargs))
 
 
 def test_to_frozen_must_return_the_model():
-    with pytest.raises(checks.ExerciseError, match="return the converted model"):
-        checks.check_to_frozen_bn(lambda m: None)
+    with pytest.raises(ExerciseError, match="return the converted model"):
+        nb05.check_to_frozen_bn(lambda m: None)
 
 
 # --- notebook 05: ECN's fixed BN layers ----------------------------------------------------------
@@ -269,16 +269,16 @@ def _by_name(model):
 
 
 def test_fixed_bn_names(capsys):
-    checks.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)][:24])
+    nb05.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)][:24])
     assert "all 24" in capsys.readouterr().out
     # the reference code's name filter finds 22 and misses exactly the two downsample BNs
-    with pytest.raises(checks.ExerciseError, match="downsample") as err:
-        checks.check_fixed_bn_names(_by_name)
+    with pytest.raises(ExerciseError, match="downsample") as err:
+        nb05.check_fixed_bn_names(_by_name)
     assert "found 22" in str(err.value)
-    with pytest.raises(checks.ExerciseError, match="stop at layer3"):
-        checks.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)])
-    with pytest.raises(checks.ExerciseError, match="names"):
-        checks.check_fixed_bn_names(lambda m: [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][:24])
+    with pytest.raises(ExerciseError, match="stop at layer3"):
+        nb05.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)])
+    with pytest.raises(ExerciseError, match="names"):
+        nb05.check_fixed_bn_names(lambda m: [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][:24])
 
 
 def test_set_bn_eval_selects_what_the_checker_expects():
@@ -287,14 +287,14 @@ def test_set_bn_eval_selects_what_the_checker_expects():
 
     model = torchvision.models.resnet50(weights=None)
     names = rbn.set_bn_eval(model, until="layer3")
-    checks.check_fixed_bn_names(lambda m: names)
+    nb05.check_fixed_bn_names(lambda m: names)
 
 
 def test_notebook_04_make_untracked_passes_the_exercise_checker(capsys):
-    nb04 = ROOT / "notebooks" / "04_track_running_stats.ipynb"
-    if not nb04.exists():
+    notebook = ROOT / "notebooks" / "04_track_running_stats.ipynb"
+    if not notebook.exists():
         pytest.skip("notebook 04 not present")
-    checks.check_make_untracked(_notebook_function(nb04, "make_untracked"))
+    nb04.check_make_untracked(_notebook_function(notebook, "make_untracked"))
     assert "correct" in capsys.readouterr().out
 
 
@@ -302,10 +302,10 @@ def test_notebook_05_name_filter_is_set_bn_eval_minus_the_downsample_bns():
     """The reference code's filter restated in notebook 05 vs reidlab.bn.set_bn_eval (by type)."""
     import torchvision
 
-    nb05 = ROOT / "notebooks" / "05_freezing_bn.ipynb"
-    if not nb05.exists():
+    notebook = ROOT / "notebooks" / "05_freezing_bn.ipynb"
+    if not notebook.exists():
         pytest.skip("notebook 05 not present")
-    name_filter = _notebook_function(nb05, "ecn_name_filter")
+    name_filter = _notebook_function(notebook, "ecn_name_filter")
     model = torchvision.models.resnet50(weights=None).train()
     by_name = name_filter(model)
     assert [m.training for n, m in model.named_modules() if n in by_name] == [False] * 22

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import nb07 as checks
 from reidlab.ibn import IBN, Bottleneck
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "07_ibn_a.ipynb"

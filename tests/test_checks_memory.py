@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import NOT_ATTEMPTED
+from reidlab.lessons.checks import nb09 as checks
 from reidlab.memory import InvarianceLoss, memory_update_loop_, smooth_targets
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "09_exemplar_memory.ipynb"
@@ -99,7 +100,7 @@ def test_soft_target_wrong_answers_named(wrong, message):
 def test_soft_target_cases_cover_own_slot_inside_and_outside():
     # the checker is only as good as its cases: some rows must have the own slot in the top-k, some not
     inside = outside = 0
-    for logits, indices, k in checks._ex09_soft_target_cases():
+    for logits, indices, k in checks._soft_target_cases():
         top = logits.topk(k, dim=1).indices
         hit = (top == indices.view(-1, 1)).any(dim=1)
         inside += int(hit.sum())
@@ -232,7 +233,7 @@ def test_unattempted_exercises_explain_themselves():
         raise NotImplementedError()
 
     for checker in (checks.check_soft_target, checks.check_memory_update, checks.check_temperature_for):
-        with pytest.raises(checks.ExerciseError, match=checks.NOT_ATTEMPTED):
+        with pytest.raises(checks.ExerciseError, match=NOT_ATTEMPTED):
             checker(stub)
 
 
@@ -278,5 +279,5 @@ def test_notebook_published_loop_matches_invariance_loss(dtype, epoch, repeat):
 @pytest.mark.skipif(not NOTEBOOK.exists(), reason="notebook 09 not built")
 def test_notebook_soft_target_loop_matches_library():
     ns = _notebook_functions("smooth_hot_loop")
-    for logits, indices, k in checks._ex09_soft_target_cases():
+    for logits, indices, k in checks._soft_target_cases():
         torch.testing.assert_close(ns["smooth_hot_loop"](logits, indices, k), smooth_targets(logits, indices, k))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import nb08 as checks
 from reidlab.evaluation import evaluate_rank
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_reid_primer.ipynb"

@@ -1,4 +1,4 @@
-"""Checkers of notebooks 02 and 03 (reidlab.lessons.checks), and the notebooks' lesson code vs reidlab.
+"""Checkers of notebooks 02 and 03 (reidlab.lessons.checks.nb02, nb03), and the notebooks' lesson code vs reidlab.
 
 Each checker must pass the solution and fail typical wrong answers with a message that names
 the mistake. The recalibration written out in notebook 03 must equal reidlab.bn.recalibrate_bn.
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from reidlab.lessons import checks
+from reidlab.lessons.checks import ExerciseError, nb02, nb03
 from reidlab.lessons.toy import SmallBNNet, accuracy, make_toy_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def evaluate_fixed(model, dataset):
 
 
 def test_evaluate_fixed_passes(capsys):
-    checks.check_evaluate_fixed(evaluate_fixed)
+    nb02.check_evaluate_fixed(evaluate_fixed)
     assert "correct" in capsys.readouterr().out
 
 
@@ -83,8 +83,8 @@ def returns_nothing(model, dataset):
     ],
 )
 def test_evaluate_fixed_catches(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_evaluate_fixed(wrong)
+    with pytest.raises(ExerciseError, match=message):
+        nb02.check_evaluate_fixed(wrong)
 
 
 def depends_on_batch(model, x):
@@ -95,7 +95,7 @@ def depends_on_batch(model, x):
 
 
 def test_depends_on_batch_passes(capsys):
-    checks.check_depends_on_batch(depends_on_batch)
+    nb02.check_depends_on_batch(depends_on_batch)
     assert "correct" in capsys.readouterr().out
 
 
@@ -132,8 +132,8 @@ def always_true(model, x):
     ],
 )
 def test_depends_on_batch_catches(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_depends_on_batch(wrong)
+    with pytest.raises(ExerciseError, match=message):
+        nb02.check_depends_on_batch(wrong)
 
 
 def test_notebook_02_my_train_equals_module_train():
@@ -150,50 +150,73 @@ def test_notebook_02_my_train_equals_module_train():
 # --- notebook 03 ---------------------------------------------------------------------------
 
 
-def by_hand_running_mean(momentum_weight_on_new=0.1, start=None):
-    r = torch.zeros(2) if start is None else start
-    for b in checks.EX03_BATCHES:
-        r = (1 - momentum_weight_on_new) * r + momentum_weight_on_new * torch.tensor(b).mean(0)
+def running_mean_after(batches, momentum):
+    """Exercise 3.1's solution: PyTorch's update once per batch, from a fresh layer's zeros."""
+    r = torch.zeros(batches[0].shape[1])
+    for b in batches:
+        r = (1 - momentum) * r + momentum * b.mean(0)
     return r
 
 
-def test_running_mean_checker_passes_the_hand_computation(capsys):
-    checks.check_running_mean_after_steps(by_hand_running_mean())
-    checks.check_running_mean_after_steps(by_hand_running_mean().tolist())  # a list is fine too
-    assert capsys.readouterr().out.count("correct") == 2
+def _ema(batches, weight_new, r):
+    for b in batches:
+        r = (1 - weight_new) * r + weight_new * b.mean(0)
+    return r
+
+
+def test_running_mean_checker_passes_the_solution(capsys):
+    nb03.check_running_mean_after_steps(running_mean_after)
+    nb03.check_running_mean_after_steps(lambda batches, m: running_mean_after(batches, m).tolist())  # a list is fine
+    out = capsys.readouterr().out
+    assert out.count("correct") == 2 and "[0.702, 0.514]" in out
+
+
+def test_running_mean_checker_passes_a_bn_layer_too(capsys):
+    def with_a_layer(batches, momentum):  # not what the exercise asks, but the number is right
+        bn = nn.BatchNorm1d(batches[0].shape[1], momentum=momentum).train()
+        with torch.no_grad():
+            for b in batches:
+                bn(b)
+        return bn.running_mean
+
+    nb03.check_running_mean_after_steps(with_a_layer)
+    assert "correct" in capsys.readouterr().out
 
 
 def test_running_mean_expected_value_is_the_worked_example():
     # batch means (2, 4), (6, 1), (0, 1): r = 0.1 * [0.81 * mu1 + 0.9 * mu2 + mu3]
     expected = torch.tensor([0.1 * (0.81 * 2 + 0.9 * 6 + 0), 0.1 * (0.81 * 4 + 0.9 * 1 + 1)])
-    torch.testing.assert_close(by_hand_running_mean(), expected)
+    batches = [torch.tensor(b) for b in nb03.EX03_BATCHES]
+    torch.testing.assert_close(running_mean_after(batches, nb03.EX03_MOMENTUM), expected)
 
 
 @pytest.mark.parametrize(
-    "answer, message",
+    "fn, message",
     [
-        (by_hand_running_mean(0.9), "Keras"),
-        (torch.tensor([8 / 3, 2.0]), "momentum=None"),
-        (torch.tensor([0.0, 1.0]), "last batch"),
-        (torch.tensor([1.62 + 0.54, 3.24 + 0.09 + 0.1]), "running_mean = 0"),
-        (torch.tensor([0.7, 0.5]), "off by"),
-        (torch.zeros(3), "shape"),
-        (None, "return"),
+        (lambda bs, m: _ema(bs, 1 - m, torch.zeros(bs[0].shape[1])), "Keras"),
+        (lambda bs, m: torch.stack([b.mean(0) for b in bs]).mean(0), "momentum=None"),
+        (lambda bs, m: bs[-1].mean(0), "last batch"),
+        (lambda bs, m: _ema(bs[1:], m, bs[0].mean(0)), "running_mean = 0"),
+        (lambda bs, m: running_mean_after(bs, 0.1), "use the `momentum` argument"),
+        (lambda bs, m: _ema(bs, m, torch.zeros(2)), r"batches\[0\]\.shape\[1\]"),
+        (lambda bs, m: running_mean_after(bs, m) + 0.01, "off by"),
+        (lambda bs, m: _ema([b.T for b in bs], m, 0.0), r"shape \(2,\), got \(8,\); take each batch's mean over dim 0"),
+        (lambda bs, m: None, "return"),
     ],
 )
-def test_running_mean_checker_names_the_mistake(answer, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_running_mean_after_steps(answer)
+def test_running_mean_checker_names_the_mistake(fn, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb03.check_running_mean_after_steps(fn)
 
 
 def test_keras_checker():
-    checks.check_keras_to_torch(lambda k: 1 - k)
-    with pytest.raises(checks.ExerciseError, match="opposite"):
-        checks.check_keras_to_torch(lambda k: k)
-    with pytest.raises(checks.ExerciseError, match="expected 0.01"):
-        checks.check_keras_to_torch(lambda k: 1 / k)
-    with pytest.raises(checks.ExerciseError, match="None"):
-        checks.check_keras_to_torch(lambda k: None)
+    nb03.check_keras_to_torch(lambda k: 1 - k)
+    with pytest.raises(ExerciseError, match="opposite"):
+        nb03.check_keras_to_torch(lambda k: k)
+    with pytest.raises(ExerciseError, match="expected 0.01"):
+        nb03.check_keras_to_torch(lambda k: 1 / k)
+    with pytest.raises(ExerciseError, match="None"):
+        nb03.check_keras_to_torch(lambda k: None)
 
 
 @pytest.mark.parametrize(
@@ -208,12 +231,12 @@ def test_keras_checker():
     ],
 )
 def test_running_var_checker_names_the_mistake(fn, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_update_running_var(fn)
+    with pytest.raises(ExerciseError, match=message):
+        nb03.check_update_running_var(fn)
 
 
 def test_running_var_checker_passes_the_solution(capsys):
-    checks.check_update_running_var(lambda r, x, m: (1 - m) * r + m * x.var(dim=0, unbiased=True))
+    nb03.check_update_running_var(lambda r, x, m: (1 - m) * r + m * x.var(dim=0, unbiased=True))
     assert "correct" in capsys.readouterr().out
 
 

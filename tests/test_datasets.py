@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reidlab.data.datasets import load_reid_dataset, parse_camstyle_name, parse_reid_name
+from reidlab.data.datasets import load_reid_dataset
+from reidlab.data.layout import Item, camstyle_name, parse_camstyle_name, parse_reid_name
 
 
 def _blank(path: Path) -> None:
@@ -60,6 +61,10 @@ def test_parse_names():
             parse_reid_name(bad)
     with pytest.raises(ValueError, match="cannot parse CamStyle"):
         parse_camstyle_name("0002_c1s1_000451_03.jpg")
+    # the writer's names are what the parser reads
+    fake = camstyle_name("0002_c1s1_000451_03.jpg", 0, 1)
+    assert fake == "0002_c1s1_000451_03_fake_1to2.jpg"
+    assert parse_camstyle_name(fake) == ("0002_c1s1_000451_03", 1)
 
 
 def test_market_counts_relabel_junk_distractors(market):
@@ -73,6 +78,9 @@ def test_market_counts_relabel_junk_distractors(market):
         ("0007_c3s3_076444_02.jpg", 1, 2), ("0007_c6s1_000276_01.jpg", 1, 5), ("0010_c5s1_002301_04.jpg", 2, 4),
     ]
     assert ds.train_original_pids == [2, 2, 2, 7, 7, 10]
+    # items are Item records: fields by name, and still 3-tuples
+    assert all(type(it) is Item for it in ds.train + ds.query + ds.gallery)
+    assert ds.train[3].pid == 1 and ds.train[3].camid == 2 and ds.train[3] == tuple(ds.train[3])
     # query/gallery keep original pids; junk (-1) dropped, distractors (0) kept, Thumbs.db ignored
     assert sorted(pid for _, pid, _ in ds.query) == [1, 3, 3]
     assert len(ds.gallery) == 6
@@ -91,7 +99,7 @@ def test_market_camstyle_lookup(market):
     seventh = [p for p, _, _ in ds.train if Path(p).name.startswith("0007_c3")][0]
     assert list(ds.camstyle_for(seventh)) == [0]
     assert ds.camstyle_for(ds.train[-1][0]) == {}
-    assert load_reid_dataset("market1501", market, camstyle=False).camstyle == {}
+    assert load_reid_dataset("market1501", market, with_camstyle=False).camstyle == {}
 
 
 def test_junk_dropped_from_train(tmp_path):

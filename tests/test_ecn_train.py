@@ -13,27 +13,28 @@ import pytest
 import torch
 from PIL import Image
 
-import reidlab.ecn as rt
+import reidlab.ecn.loop as ecn_loop
 from reidlab.data.camstyle import camera_color_stats, lab_to_rgb, rgb_to_lab, transfer_camera_style
 from reidlab.data.datasets import load_reid_dataset
+from reidlab.data.layout import read_image
 from reidlab.data.loaders import (
     CamStyleTargetDataset,
     ColorStyleTargetDataset,
     TargetDataset,
-    read_image,
     target_train_dataset,
 )
 from reidlab.data.synth import Scale, make_synthetic_reid
 from reidlab.data.transforms import build_test_transform
 from reidlab.memory import InvarianceLoss
 from reidlab.ecn import ECNConfig, build_ecn, ecn_loss, load_checkpoint, main, train_ecn
+from reidlab.ecn.run import LOG_COLUMNS, config_differences
 
 MICRO = Scale(train_ids=6, train_images=24, test_ids=4, query=None, gallery_real=12, distractors=2, junk=2)
 # the smallest sizes that still run the whole pipeline: 3 steps of 8 + 8 images per epoch
-SMALL = dict(epochs=3, batch_size=8, height=32, width=16, num_features=32, knn=2, knn_epoch=1, eval_source=False)
+SMALL = dict(epochs=3, batch_size=8, height=32, width=16, num_features=32, knn=2, knn_start=1, eval_source=False)
 CLI_SMALL = [
     "--profile", "ci", "--epochs", "3", "--batch-size", "8", "--height", "32", "--width", "16", "--num-features", "32",
-    "--set", "knn=2", "--set", "knn_epoch=1", "--set", "eval_source=false", "--quiet",
+    "--knn", "2", "--knn-start", "1", "--no-eval-source", "--quiet",
 ]
 
 
@@ -41,7 +42,7 @@ CLI_SMALL = [
 def worlds(tmp_path_factory):
     """A micro source world (no CamStyle images) and a micro target world (with them), 64x32."""
     root = tmp_path_factory.mktemp("worlds")
-    src = make_synthetic_reid(root, "synth_market", MICRO, seed=0, image_size=(64, 32), camstyle=False, workers=1)
+    src = make_synthetic_reid(root, "synth_market", MICRO, seed=0, image_size=(64, 32), write_camstyle=False, workers=1)
     tgt = make_synthetic_reid(root, "synth_duke", MICRO, seed=0, image_size=(64, 32), workers=1)
     return {"source": str(src), "target": str(tgt)}
 
@@ -76,7 +77,7 @@ def test_cli_trains_and_writes_logs(cli_run, capsys):
     assert {"checkpoint.pt", "log.csv", "history.json", "metrics.json", "config.json"} <= files
     rows = list(csv.DictReader((cli_run / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
-    assert list(rows[0]) == list(rt.LOG_COLUMNS)
+    assert list(rows[0]) == list(LOG_COLUMNS)
     assert rows[0]["rank1"] == "" and rows[-1]["rank1"] != ""  # eval_every=0: only at the end
     for r in rows:
         assert math.isfinite(float(r["loss_src"])) and math.isfinite(float(r["loss_tgt"]))
@@ -131,7 +132,7 @@ def test_mismatched_checkpoint(worlds, cli_run, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error:")
     assert "invariance ('E+C+N' in the checkpoint, 'E' now)" in err and "lr_new" in err and "--no-resume" in err
     # settings that do not change what is computed (evaluation schedule, workers) may differ
-    assert rt._config_differences(load_checkpoint(out / "checkpoint.pt")["config"], _cfg(worlds, eval_every=1)) == []
+    assert config_differences(load_checkpoint(out / "checkpoint.pt")["config"], _cfg(worlds, eval_every=1)) == []
 
     # a checkpoint whose model has another shape than its (edited) settings claim
     ckpt = load_checkpoint(out / "checkpoint.pt")
@@ -150,7 +151,7 @@ def test_bad_inputs_give_one_line_errors(worlds, tmp_path, capsys):
         (["--data-dir", str(tmp_path / "nowhere"), "--source", "market1501"], "data dir not found"),
         (["--source", str(tmp_path / "no_such_dataset"), "--target", worlds["target"]], "dataset folder not found"),
         (["--source", worlds["source"], "--target", worlds["target"], "--invariance", "E+X"], "unknown invariance 'E+X'"),
-        (["--source", worlds["source"], "--target", worlds["target"], "--set", "lam=1.5"], "lam must lie in [0, 1]"),
+        (["--source", worlds["source"], "--target", worlds["target"], "--lam", "1.5"], "lam must lie in [0, 1]"),
     ]
     capsys.readouterr()
     for args, message in cases:
@@ -165,7 +166,7 @@ def test_nan_loss_stops_with_a_clear_error(worlds, tmp_path, monkeypatch, capsys
     def poisoned(loss_src, loss_tgt, lam):
         return ecn_loss(loss_src, loss_tgt, lam) * float("nan")
 
-    monkeypatch.setattr(rt, "ecn_loss", poisoned)
+    monkeypatch.setattr(ecn_loop, "ecn_loss", poisoned)
     message = r"ECN loss is nan at epoch 0, step 0 \(source .*, target .*\); lower the learning rates"
     with pytest.raises(FloatingPointError, match=message):
         train_ecn(_cfg(worlds), tmp_path / "a", progress=False)
@@ -190,7 +191,7 @@ def test_lambda_weighting(worlds, tmp_path, monkeypatch):
         seen.append((loss_src.item(), None if loss_tgt is None else loss_tgt.item(), lam, total.item()))
         return total
 
-    monkeypatch.setattr(rt, "ecn_loss", spy)
+    monkeypatch.setattr(ecn_loop, "ecn_loss", spy)
     res = train_ecn(_cfg(worlds, epochs=1, max_steps=2, lam=0.4), tmp_path / "e", progress=False)
     assert len(seen) == 2 and all(lam == 0.4 and tgt is not None for _, tgt, lam, _ in seen)
     s, t, _, total = seen[0]
@@ -228,10 +229,11 @@ def test_camstyle_sources(worlds, domains):
     source, target = domains
     parts = build_ecn(_cfg(worlds, invariance="E+C", camstyle="color"), source, target, "cpu")
     assert type(parts.target_train.dataset) is ColorStyleTargetDataset
-    plain = load_reid_dataset(worlds["target"], camstyle=False)  # as a real dataset without CamStyle images
+    plain = load_reid_dataset(worlds["target"], with_camstyle=False)  # as a real dataset without CamStyle images
     assert type(target_train_dataset(plain, None, camstyle="auto")) is ColorStyleTargetDataset
     assert type(target_train_dataset(target, None, camstyle="auto")) is CamStyleTargetDataset
-    assert type(target_train_dataset(plain, None, camstyle=True)) is TargetDataset  # the old default
+    with pytest.raises(ValueError, match="camstyle=True"):  # the old boolean vocabulary is gone
+        target_train_dataset(plain, None, camstyle=True)
     with pytest.raises(ValueError, match="no bounding_box_train_camstyle"):
         target_train_dataset(plain, None, camstyle="folder")
     with pytest.raises(ValueError, match="camstyle='x'"):
@@ -381,3 +383,30 @@ def test_freezing_random_weights_warns(worlds, domains):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_ecn(_cfg(worlds, pretrained=None, freeze=None), *domains, "cpu")
+
+
+def test_short_runs_keep_ecns_proportions():
+    """The ci smoke run (2 epochs) trains with the kNN target from epoch 1: E+C+N, not silently E+C."""
+    ci = ECNConfig.from_profile("ci")
+    assert ci.epochs == 2 and (ci.knn_epoch, ci.decay_epoch) == (1, 1) and ci.uses_knn
+    assert (ECNConfig().knn_epoch, ECNConfig().decay_epoch) == (5, 40)  # ECN's own, at 60 epochs
+    assert ECNConfig(epochs=12).knn_epoch == 1 and ECNConfig(epochs=24).knn_epoch == 2
+    assert ECNConfig(epochs=12, knn_start=0).knn_epoch == 0  # an explicit start wins
+    longer = ECNConfig.from_profile("ci").replace(epochs=60)
+    assert (longer.knn_epoch, longer.decay_epoch) == (5, 40)  # derived settings follow a new length
+
+
+def test_resuming_a_finished_run_loads_no_data(worlds, cli_run, monkeypatch):
+    import reidlab.ecn.run as ecn_run
+
+    def no_data(config):
+        raise AssertionError("a finished run must not load its datasets again")
+
+    monkeypatch.setattr(ecn_run, "load_domains", no_data)
+    config = _cfg(worlds)
+    res = train_ecn(config, cli_run, progress=False)
+    assert len(res.history) == 3 and res.metrics == json.loads((cli_run / "metrics.json").read_text())
+    assert isinstance(res.criterion, InvarianceLoss) and not res.model.training
+    ckpt = load_checkpoint(cli_run / "checkpoint.pt")
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k

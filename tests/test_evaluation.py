@@ -14,8 +14,8 @@ from reidlab.evaluation import (
     extract_features,
     pairwise_distance,
     rank_gallery,
-    re_ranking,
 )
+from reidlab.rerank import re_ranking
 
 BOTH = pytest.mark.parametrize("evaluate", [evaluate_rank, evaluate_rank_reference], ids=["fast", "reference"])
 
@@ -452,7 +452,7 @@ def test_extract_features_output_selection_errors_and_tuples():
 
 
 def test_k_reciprocal_neighbours_by_hand():
-    from reidlab.evaluation import _k_reciprocal
+    from reidlab.rerank import _k_reciprocal
 
     # points on a line at 0, 1, 3, 10: nearest neighbours a->b, b->a, c->b, d->c
     x = np.array([0.0, 1.0, 3.0, 10.0])

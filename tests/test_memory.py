@@ -1,5 +1,7 @@
 """reidlab.memory: ECN's exemplar memory against hand-derived values and the published rule."""
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -246,3 +248,49 @@ def test_knn_precision_against_brute_force():
     assert knn_precision(memory, ids, k, chunk=7) == pytest.approx(expected)
     assert 0.3 < expected < 1.0  # a meaningful case: neither trivial nor random (1/13)
     assert knn_precision(F.normalize(centres[ids], dim=1), ids, 3) == 1.0
+
+
+# --- one call, one backward ----------------------------------------------------------------------
+
+
+def _crit_and_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    crit = InvarianceLoss(6, 4, knn=0)
+    feats = F.normalize(torch.randn(3, 4, generator=g), dim=1).requires_grad_()
+    return crit, feats, torch.tensor([0, 2, 4])
+
+
+def test_a_second_call_before_backward_raises_instead_of_updating_twice():
+    crit, feats, idx = _crit_and_batch()
+    first = crit(feats, idx, 0)
+    with pytest.raises(RuntimeError, match="called again before the previous call's loss went through backward"):
+        crit(feats, idx, 0)
+    first.backward()
+    after_one = crit.memory.clone()
+    crit(feats, idx, 0).backward()  # after the backward, calling again is fine
+    assert torch.equal(crit.memory[idx], F.normalize(feats.detach(), dim=1))  # rate 0: replaced, not doubled
+    assert torch.equal(after_one, crit.memory)
+
+
+def test_a_second_backward_of_one_call_raises():
+    crit, feats, idx = _crit_and_batch()
+    loss = crit(feats, idx, 3)
+    loss.backward(retain_graph=True)
+    once = crit.memory.clone()
+    with pytest.raises(RuntimeError, match="second backward through the same InvarianceLoss call"):
+        loss.backward()
+    assert torch.equal(crit.memory, once)
+
+
+def test_calls_without_gradients_or_dropped_losses_update_nothing_and_do_not_block():
+    crit, feats, idx = _crit_and_batch()
+    with torch.no_grad():
+        crit(feats, idx, 0)
+    crit(feats.detach(), idx, 0)  # features that need no gradient: no graph, no update
+    assert torch.equal(crit.memory, torch.zeros(6, 4))
+    dropped = crit(feats, idx, 0)
+    del dropped  # the graph is freed: nothing is pending any more
+    crit(feats, idx, 0).backward()
+    assert crit.memory.abs().sum() > 0
+    copy.deepcopy(crit)
+    pickle.loads(pickle.dumps(crit))

@@ -30,3 +30,14 @@ def test_torch_is_not_pinned_to_a_cpu_wheel():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_console_script_points_at_the_cli():
+    """``reidlab-ecn`` (pyproject's console script) runs the same ``main`` as ``python -m reidlab.ecn``."""
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["reidlab-ecn"].partition(":")
+    main = getattr(importlib.import_module(module), attr)
+    assert main(["--help"]) == 0
+    assert main is importlib.import_module("reidlab.ecn").main

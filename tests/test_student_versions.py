@@ -6,7 +6,8 @@ For every notebook (one test each, so a new notebook is covered as soon as it la
    fresh kernel under the ``ci`` profile, in a folder of its own (as handed out);
 2. no cell above the first exercise's solution cell fails: the lesson runs as written;
 3. every graded cell fails, and with an :class:`reidlab.lessons.checks.ExerciseError` saying the
-   exercise is not attempted yet, not a bare ``NotImplementedError`` / ``NameError``;
+   exercise is not attempted yet (the ``@checker`` decorator's explanation of the stub), not a
+   bare ``NotImplementedError`` / ``NameError``;
 4. then, in the same kernel, the instructor's solutions are pasted back by grade_id (and the
    graded cells restored with their hidden tests, as ``grade`` does) and every cell from the
    first solution cell on is run again: nothing fails, so the assignment can be solved as
@@ -93,7 +94,7 @@ def test_student_version_runs_explains_and_can_be_solved(path, tmp_path, monkeyp
         ename, evalue = err
         assert ename == "ExerciseError" and evalue.startswith("exercise not attempted yet"), (
             f"{gid}: the unattempted exercise fails with {ename}: {evalue!r}, not the explanation; does the graded "
-            f"cell call a reidlab.lessons.checks.check_* with the answer?"
+            f"cell pass the learner's function to a @checker of reidlab.lessons.checks.nbNN?"
         )
     after = [(i, _head(c), _error(c)) for i, c in enumerate(solved.cells) if i >= first and _error(c)]
     assert not after, f"with the solutions pasted back, cells still fail: {after}"

@@ -2,17 +2,24 @@
 re-ID problem (same-identity images closer than different ones) with a real domain gap."""
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
 
-from reidlab.data.datasets import load_reid_dataset, parse_camstyle_name, parse_reid_name
-from reidlab.data.synth import DOMAINS, SCALES, Scale, make_synthetic_reid, render_identities
+import reidlab.data
+from reidlab.data.datasets import load_reid_dataset
+from reidlab.data.layout import parse_camstyle_name, parse_reid_name
+from reidlab.data.synth import DOMAINS, GENERATOR_VERSION, SCALES, Scale, make_synthetic_reid, render_identities
+from reidlab.data.synth.write import DEFAULT_IMAGE_SIZE
+from reidlab.lessons.viz import image_grid
 
 MICRO = Scale(train_ids=4, train_images=12, test_ids=4, query=None, gallery_real=10, distractors=2, junk=2)
 
@@ -51,8 +58,6 @@ def test_tiny_counts_layout_and_naming(tiny, domain):
     # Market-1501 naming: 0002_c1s1_000451_03.jpg, unique names, images of the documented size
     names = [Path(p).name for p, _, _ in ds.train + ds.query + ds.gallery]
     assert len(set(names)) == len(names)
-    import re
-
     assert all(re.fullmatch(r"(\d{4}|-1)_c\d+s\d_\d{6}_\d{2}\.jpg", n) for n in names)
     assert Image.open(ds.train[0][0]).size == (64, 128)
 
@@ -184,6 +189,61 @@ def test_load_by_name_generates_under_root(tmp_path):
     assert ds.has_camstyle
 
 
+def test_without_camstyle_and_other_sizes(tmp_path):
+    """write_camstyle=False and a non-default size: own folder names, no CamStyle folder, the size asked for."""
+    assert DEFAULT_IMAGE_SIZE == (128, 64) and GENERATOR_VERSION == 3
+    out = make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=2, image_size=(64, 32), write_camstyle=False)
+    assert out.name.endswith("-seed2-64x32-nocamstyle")
+    assert not (out / "bounding_box_train_camstyle").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["camstyle"] is False and man["counts"]["camstyle"] == 0 and man["image_size"] == [64, 32]
+    ds = load_reid_dataset(out)
+    assert not ds.has_camstyle and ds.num_cams == 6
+    assert Image.open(ds.train[0].path).size == (32, 64)
+
+
+def _data_imports() -> dict[str, set[str]]:
+    """``module -> reidlab.data modules it imports``, read from the source, plus the imports placed in functions."""
+    root = Path(reidlab.data.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{name}.{node.name} imports inside the function (line {inner[0].lineno})"
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+                graph[name].add(target)
+    return graph
+
+
+def test_data_modules_import_one_way():
+    """No import cycles in reidlab.data, no imports inside functions; synth never imports the
+    parser and the colour stand-in never the loaders."""
+    graph = _data_imports()
+    assert graph["reidlab.data.layout"] <= {"reidlab"}  # the bottom: nothing of reidlab.data
+    for mod in ("reidlab.data.synth", "reidlab.data.synth.world", "reidlab.data.synth.render", "reidlab.data.synth.write"):
+        assert "reidlab.data.datasets" not in graph[mod] and "reidlab.data.loaders" not in graph[mod], mod
+    assert "reidlab.data.loaders" not in graph["reidlab.data.camstyle"]
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    cycles = [m for m in graph if m != "reidlab.data" and m in reach(m)]
+    assert not cycles, f"import cycles through {cycles}"
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic domain"):
         make_synthetic_reid(tmp_path, "synth_cuhk")
@@ -201,13 +261,6 @@ def test_render_identities_preview():
 
 
 def test_image_grid():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from reidlab.lessons.viz import image_grid
-
     x = render_identities("synth_market", num_ids=2, cams=[0, 1, 2], seed=0)
     fig = image_grid([list(x[0]), [x[1][0], None, x[1][2]]], row_titles=["a", "b"], col_titles=["1", "2", "3"])
     axes = fig.axes

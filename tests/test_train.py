@@ -85,3 +85,32 @@ def test_bad_settings_and_nan_loss():
     bad = [(torch.full((2, 2), float("nan")), torch.tensor([0, 1]))]
     with pytest.raises(FloatingPointError, match="loss is nan"):
         train_source(nn.Linear(2, 2), bad, epochs=1, lr_backbone=0.1, lr_new=0.1, progress=False)
+
+
+def test_source_and_ecn_training_step_the_lr_at_the_same_epoch():
+    """One scaling rule (ECN's epoch 40 of 60, rounded): train_source and ECNConfig agree for every length."""
+    from reidlab.ecn import ECNConfig, scaled_schedule
+
+    for epochs in (1, 2, 3, 5, 8, 12, 60):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 16, 4))
+        hist = train_source(model, _loader(), epochs=epochs, lr_backbone=0.1, lr_new=0.1, progress=False)
+        decay = scaled_schedule(epochs)[1]
+        assert hist["lr"] == pytest.approx([0.1 if e < decay else 0.01 for e in range(epochs)]), epochs
+        assert ECNConfig(epochs=epochs).decay_epoch == decay
+    assert scaled_schedule(2) == (1, 1) and scaled_schedule(60) == (5, 40)  # ceil(2/3 * 2) = 2 was the old rule
+
+
+def test_a_late_check_still_names_the_first_non_finite_step():
+    """With a check every few steps (what CUDA does, to avoid a GPU sync per step) the error names the step."""
+    from reidlab.ecn import run_epoch
+    from reidlab.ecn.loop import make_optimizer
+
+    model = nn.Linear(2, 2)
+    good = (torch.ones(2, 2), torch.tensor([0, 1]))
+    bad = (torch.full((2, 2), float("nan")), torch.tensor([0, 1]))
+    opt = make_optimizer(model, lr_backbone=0.1, lr_new=0.1)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 0, step 1 \(source nan\)"):
+        run_epoch(model, opt, [good, bad, good, good, good], device=torch.device("cpu"), check_every=3)
+    with pytest.raises(FloatingPointError, match="step 4"):  # the tail after the last full check is checked too
+        run_epoch(nn.Linear(2, 2), opt, [good, good, good, good, bad], device=torch.device("cpu"), check_every=3)

@@ -1,7 +1,5 @@
-"""ECN's transforms, the (image, index) target datasets, CamStyle sampling and make_loader."""
+"""ECN's transforms: random-sized rectangle crop, random erasing, the train and test pipelines."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,12 +7,6 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from reidlab.data.loaders import (
-    CamStyleTargetDataset,
-    ImageDataset,
-    TargetDataset,
-    make_loader,
-)
 from reidlab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,88 +80,3 @@ def test_train_transform_shapes_and_seed():
     assert build_train_transform(64, 32, crop="pad")(img).shape == (3, 64, 32)
     with pytest.raises(ValueError, match="crop must be"):
         build_train_transform(64, 32, crop="zoom")
-
-
-@pytest.fixture
-def items(tmp_path):
-    """Six images in 3 cameras, each with CamStyle images for the 2 other cameras."""
-    out, style = [], {}
-    for i in range(6):
-        cam = i % 3
-        p = tmp_path / f"{i:04d}_c{cam + 1}s1_000001_01.jpg"
-        _img(32, 16, seed=i).save(p)
-        out.append((str(p), i // 2, cam))
-        style[str(p)] = {}
-        for c2 in range(3):
-            if c2 != cam:
-                f = tmp_path / f"{p.stem}_fake_{cam + 1}to{c2 + 1}.jpg"
-                _img(32, 16, seed=100 + 10 * i + c2).save(f)
-                style[str(p)][c2] = str(f)
-    return out, style
-
-
-def test_image_and_target_datasets(items):
-    it, _ = items
-    tf = build_test_transform(32, 16)
-    img, pid, cam, idx = ImageDataset(it, tf)[4]
-    assert img.shape == (3, 32, 16) and (pid, cam, idx) == (2, 1, 4)
-    timg, tidx = TargetDataset(it, tf)[5]
-    assert tidx == 5 and torch.equal(timg, tf(Image.open(it[5][0]).convert("RGB")))
-    cached = ImageDataset(it, tf, cache=True)
-    assert torch.equal(cached[0][0], cached[0][0])
-    with pytest.raises(ValueError, match="empty"):
-        ImageDataset([], tf)
-    with pytest.raises(FileNotFoundError, match="image not found"):
-        ImageDataset([("/nonexistent/x.jpg", 0, 0)], tf)[0]
-
-
-def test_camstyle_selection_statistics(items):
-    it, style = items
-    ds = CamStyleTargetDataset(it, style, num_cams=3)
-    gen = torch.Generator().manual_seed(0)
-    n = 3000
-    counts = np.zeros(3)
-    original = 0
-    for k in range(n):
-        i = k % len(it)
-        path, chosen = ds.choose(i, gen)
-        counts[chosen] += 1
-        if chosen == it[i][2]:
-            assert path == it[i][0]
-            original += 1
-        else:
-            assert path == style[it[i][0]][chosen] and f"to{chosen + 1}" in Path(path).name
-    assert np.all(np.abs(counts / n - 1 / 3) < 0.04)  # uniform over cameras
-    assert abs(original / n - 1 / 3) < 0.04  # own camera -> original image
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert [ds.choose(i % 6, g1) for i in range(30)] == [ds.choose(i % 6, g2) for i in range(30)]
-    img, idx = CamStyleTargetDataset(it, style, 3, build_test_transform(32, 16))[2]
-    assert img.shape == (3, 32, 16) and idx == 2
-
-
-def test_camstyle_missing(items):
-    it, style = items
-    partial = {k: dict(list(v.items())[:1]) for k, v in style.items()}
-    with pytest.raises(ValueError, match="CamStyle images missing"):
-        CamStyleTargetDataset(it, partial, 3)
-    ds = CamStyleTargetDataset(it, partial, 3, missing="original")
-    gen = torch.Generator().manual_seed(0)
-    for k in range(60):
-        path, _ = ds.choose(k % 6, gen)
-        assert path == it[k % 6][0] or path in partial[it[k % 6][0]].values()
-
-
-def test_make_loader(items):
-    it, _ = items
-    ds = TargetDataset(it, build_test_transform(32, 16))
-    a = make_loader(ds, 4, shuffle=True, seed=5)
-    b = make_loader(ds, 4, shuffle=True, seed=5)
-    assert not a.pin_memory
-    ia = torch.cat([idx for _, idx in a])
-    ib = torch.cat([idx for _, idx in b])
-    assert torch.equal(ia, ib) and sorted(ia.tolist()) == list(range(6))
-    imgs, idx = next(iter(make_loader(ds, 4, drop_last=True)))
-    assert imgs.shape == (4, 3, 32, 16) and idx.tolist() == [0, 1, 2, 3]
-    assert make_loader(ds, 4, device="cuda").pin_memory
-    with pytest.raises(ValueError, match="batch_size"):
-        make_loader(ds, 0)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from reidlab.lessons import setup
+# from reidlab.lessons.checks import nbNN as checks   # this notebook's checkers, reidlab/lessons/checks/nbNN.py
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -37,7 +38,8 @@ print(f"mean of x: {x.mean():.4f}")
 #
 # ## Exercises
 #
-# **Exercise N.1.** The task, with what the checker will verify.
+# **Exercise N.1 (a short title, easy).** The task: a function to write, and what the checker
+# will verify.
 
 # %% {"nbgrader": {"grade": false, "grade_id": "exN_1_solution", "locked": false, "schema_version": 3, "solution": true}}
 def answer(x):
@@ -47,7 +49,7 @@ def answer(x):
 
 # %% {"nbgrader": {"grade": true, "grade_id": "exN_1_test", "locked": true, "points": 1, "schema_version": 3, "solution": false}}
 # NBVAL_CHECK_OUTPUT
-# reidlab.lessons.checks.check_something(answer)   # a checker that names the mistake
+# checks.check_something(answer)   # a @checker in reidlab/lessons/checks/nbNN.py that names the mistake
 
 # %% [markdown]
 # ## References

@@ -29,6 +29,10 @@ recovers on the synthetic world, where the real CamStyle images are available fo
 
 Colour spaces: ``'lab'`` (CIE L*a*b*, D65, the standard perceptual space; Reinhard used the
 closely related l-alpha-beta space) or ``'rgb'`` (plain sRGB values).
+
+Notebook 09 introduces camera invariance; :class:`reidlab.data.loaders.ColorStyleTargetDataset`
+applies this transfer on the fly. This module only needs :mod:`reidlab.data.layout` (to read
+images), never the loaders, so the loaders can import it.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
+
+from .layout import Item, read_image
 
 __all__ = [
     "COLOR_SPACES",
@@ -49,7 +54,6 @@ __all__ = [
 ]
 
 COLOR_SPACES: tuple[str, ...] = ("lab", "rgb")
-Item = tuple[str, int, int]
 
 # sRGB (D65) <-> CIE XYZ, IEC 61966-2-1
 _RGB2XYZ = np.array(
@@ -191,12 +195,7 @@ def camera_color_stats(
         s2 = np.zeros(3)
         n = 0
         for i in idx:
-            if images is not None:
-                img = images[i]
-            else:
-                from .loaders import read_image
-
-                img = read_image(items[i][0])
+            img = images[i] if images is not None else read_image(items[i][0])
             x = _to_space(_pixels(img), space).reshape(-1, 3)
             s += x.sum(0)
             s2 += (x * x).sum(0)

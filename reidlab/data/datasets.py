@@ -1,29 +1,11 @@
 """Parsers for Market-1501-style re-ID trees: Market-1501, DukeMTMC-reID, MSMT17, synthetic.
 
-Every person re-ID benchmark used by ECN is distributed (or, for MSMT17, re-packed by the
-ECN authors) in the layout of Market-1501::
-
-    <root>/bounding_box_train/            training images (labelled)
-    <root>/bounding_box_test/             gallery images
-    <root>/query/                         query images
-    <root>/bounding_box_train_camstyle/   optional: CamStyle images of the training set
-
-and the identity and the camera are read from each file name:
-
-=================  ================================  ==========================================
-dataset            example                           fields
-=================  ================================  ==========================================
-Market-1501        ``0002_c1s1_000451_03.jpg``       pid 2, camera 1, sequence 1, frame, box
-Market-1501 junk   ``-1_c3s1_000301_02.jpg``         pid -1: a bad detection ("junk")
-Market distractor  ``0000_c1s1_000151_01.jpg``       pid 0: a distractor (no real identity)
-DukeMTMC-reID      ``0001_c2_f0046182.jpg``          pid 1, camera 2, frame 46182
-MSMT17 (ECN)       ``0000_c14_0030.jpg``             pid 0, camera 14 (15 cameras)
-synthetic          Market-1501 naming (``reidlab.data.synth``)
-CamStyle           ``0002_c1s1_000451_03_fake_1to2.jpg``  the same image in camera 2's style
-CamStyle (MSMT17)  ``0000_c14_0030_fake_3.jpg``      ECN's MSMT17 set names only the target
-=================  ================================  ==========================================
-
-The parse rule is ECN's and open-reid's: ``<pid>_c<cam>`` at the start of the name.
+:func:`load_reid_dataset` turns a tree in the Market-1501 layout (folder names and file-name
+parsing: :mod:`reidlab.data.layout`) into a :class:`ReIDDataset` of ``(path, pid, camid)``
+items. A synthetic domain named by ``'synth_market'`` / ``'synth_duke'`` is generated first
+(:mod:`reidlab.data.synth`, cached), so a notebook or the ECN trainer names a dataset the
+same way whether it is real or drawn; the import goes one way (this module imports the
+writer, the writer never imports the parser).
 
 Protocol choices (torchreid's convention, which notebook 08 teaches):
 
@@ -41,29 +23,30 @@ Notebook 08 walks through these layouts and the evaluation protocol.
 """
 from __future__ import annotations
 
-import re
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .layout import (
+    CAMSTYLE_DIR,
+    GALLERY_DIR,
+    IMAGE_EXTENSIONS,
+    QUERY_DIR,
+    TRAIN_DIR,
+    Item,
+    list_images,
+    parse_camstyle_name,
+    parse_reid_name,
+)
+from .synth import DOMAINS, MANIFEST, Scale, make_synthetic_reid
+
 __all__ = [
     "ReIDDataset",
     "load_reid_dataset",
-    "parse_reid_name",
-    "parse_camstyle_name",
     "KNOWN_DATASETS",
-    "IMAGE_EXTENSIONS",
+    "SYNTH_NAMES",
 ]
-
-Item = tuple[str, int, int]  # (absolute path, pid, 0-based camera id)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-TRAIN_DIR, GALLERY_DIR, QUERY_DIR, CAMSTYLE_DIR = (
-    "bounding_box_train",
-    "bounding_box_test",
-    "query",
-    "bounding_box_train_camstyle",
-)
 
 # name -> (folder names tried under `root`, number of cameras)
 KNOWN_DATASETS: dict[str, tuple[tuple[str, ...], int]] = {
@@ -71,56 +54,8 @@ KNOWN_DATASETS: dict[str, tuple[tuple[str, ...], int]] = {
     "dukemtmc-reid": (("dukemtmc-reid", "DukeMTMC-reID", "dukemtmcreid", "duke"), 8),
     "msmt17": (("msmt17", "MSMT17", "MSMT17_V1", "MSMT17_V2"), 15),
 }
-SYNTH_NAMES = ("synth_market", "synth_duke")
-
-_NAME_RE = re.compile(r"^(-?\d+)_c(\d+)")
-_CAMSTYLE_RE = re.compile(r"^(?P<stem>.+)_fake_(?:(?P<src>\d+)to)?(?P<dst>\d+)$")
-
-
-def parse_reid_name(fname: str) -> tuple[int, int]:
-    """Return ``(pid, camid)`` from a re-ID file name; ``camid`` is 0-based.
-
-    ``'0002_c1s1_000451_03.jpg' -> (2, 0)``, ``'-1_c3s1_000301_02.jpg' -> (-1, 2)``,
-    ``'0001_c2_f0046182.jpg' -> (1, 1)``, ``'0000_c14_0030.jpg' -> (0, 13)``.
-
-    Raises
-    ------
-    ValueError
-        If the name does not start with ``<pid>_c<camera>`` or the camera number is 0.
-    """
-    name = Path(fname).name
-    m = _NAME_RE.match(name)
-    if m is None:
-        raise ValueError(
-            f"cannot parse re-ID file name {fname!r}: expected '<pid>_c<camera>...', "
-            "e.g. 0002_c1s1_000451_03.jpg (Market-1501) or 0001_c2_f0046182.jpg (DukeMTMC-reID)"
-        )
-    pid, cam = int(m.group(1)), int(m.group(2))
-    if cam < 1:
-        raise ValueError(f"cannot parse re-ID file name {fname!r}: camera numbers start at c1, got c{cam}")
-    if pid < -1:
-        raise ValueError(f"cannot parse re-ID file name {fname!r}: pid {pid} (only -1 marks junk)")
-    return pid, cam - 1
-
-
-def parse_camstyle_name(fname: str) -> tuple[str, int]:
-    """Return ``(original stem, 0-based target camera)`` of a CamStyle file name.
-
-    ``'0002_c1s1_000451_03_fake_1to2.jpg' -> ('0002_c1s1_000451_03', 1)`` (Market-1501 and
-    DukeMTMC-reID CamStyle sets), ``'0000_c14_0030_fake_3.jpg' -> ('0000_c14_0030', 2)``
-    (ECN's MSMT17 set).
-    """
-    stem = Path(fname).stem
-    m = _CAMSTYLE_RE.match(stem)
-    if m is None:
-        raise ValueError(
-            f"cannot parse CamStyle file name {fname!r}: expected '<original name>_fake_<c>to<c2>.jpg' "
-            "(e.g. 0002_c1s1_000451_03_fake_1to2.jpg) or '<original name>_fake_<c2>.jpg' (MSMT17)"
-        )
-    dst = int(m.group("dst"))
-    if dst < 1:
-        raise ValueError(f"cannot parse CamStyle file name {fname!r}: camera numbers start at 1")
-    return m.group("stem"), dst - 1
+#: The synthetic domains :func:`load_reid_dataset` generates by name.
+SYNTH_NAMES: tuple[str, ...] = tuple(DOMAINS)
 
 
 @dataclass
@@ -130,7 +65,7 @@ class ReIDDataset:
     Attributes
     ----------
     train, query, gallery:
-        Lists of ``(path, pid, camid)``; paths are absolute strings, camids 0-based. Train
+        Lists of :class:`~reidlab.data.layout.Item` ``(path, pid, camid)``; paths are absolute strings, camids 0-based. Train
         pids are relabelled ``0..num_train_pids-1``; query/gallery pids are the original ones
         (distractors 0 kept, junk -1 dropped, as torchreid does).
     num_train_pids:
@@ -159,6 +94,7 @@ class ReIDDataset:
 
     @property
     def has_camstyle(self) -> bool:
+        """Whether the tree's CamStyle images were parsed (ECN's ``'auto'`` mode looks at this)."""
         return bool(self.camstyle)
 
     def camstyle_for(self, path: str) -> dict[int, str]:
@@ -182,13 +118,9 @@ class ReIDDataset:
         return "\n".join(lines)
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def _parse_split(folder: Path, *, relabel: bool) -> tuple[list[Item], dict[int, int], int]:
     """Parse one split folder; returns items, the pid map used and the number of junk images dropped."""
-    files = _list_images(folder)
+    files = list_images(folder)
     if not files:
         raise ValueError(f"empty split: {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
     parsed = []
@@ -201,18 +133,19 @@ def _parse_split(folder: Path, *, relabel: bool) -> tuple[list[Item], dict[int, 
         if pid == -1:
             junk += 1
             continue
-        parsed.append((str(f.resolve()), pid, cam))
+        parsed.append(Item(str(f.resolve()), pid, cam))
     if not parsed:
         raise ValueError(f"empty split: {folder} holds only junk images (pid -1)")
     pids = sorted({p for _, p, _ in parsed})
     pid_map = {p: i for i, p in enumerate(pids)} if relabel else {p: p for p in pids}
-    return [(path, pid_map[p], c) for path, p, c in parsed], pid_map, junk
+    return [Item(path, pid_map[p], c) for path, p, c in parsed], pid_map, junk
 
 
 def _parse_camstyle(folder: Path, train: list[Item]) -> dict[str, dict[int, str]]:
+    """``{training image path: {target camid: CamStyle path}}``, linked by the file-name stem."""
     by_stem = {Path(path).stem: path for path, _, _ in train}
     out: dict[str, dict[int, str]] = {}
-    for f in _list_images(folder):
+    for f in list_images(folder):
         stem, dst = parse_camstyle_name(f.name)
         path = by_stem.get(stem)
         if path is None:
@@ -222,6 +155,11 @@ def _parse_camstyle(folder: Path, train: list[Item]) -> dict[str, dict[int, str]
 
 
 def _resolve_root(name_or_path: str | Path, root: str | Path | None) -> tuple[str, Path, int | None]:
+    """``(name, folder, known number of cameras or None)`` of a named real dataset or a path.
+
+    The usual folder names of each benchmark's archive are tried, so an unpacked download
+    works as it is; the errors name what was looked for, since nothing is downloaded.
+    """
     key = str(name_or_path).strip().lower()
     if key in KNOWN_DATASETS:
         if root is None:
@@ -257,11 +195,11 @@ def load_reid_dataset(
     name_or_path: str | Path,
     root: str | Path | None = None,
     *,
-    scale: str = "tiny",
+    scale: str | Scale = "tiny",
     seed: int = 0,
-    camstyle: bool = True,
+    with_camstyle: bool = True,
 ) -> ReIDDataset:
-    """Parse a Market-1501-style re-ID tree (see the module docstring for the layouts).
+    """Parse a Market-1501-style re-ID tree (layout and file names: :mod:`reidlab.data.layout`).
 
     Parameters
     ----------
@@ -274,9 +212,14 @@ def load_reid_dataset(
     root:
         Folder holding the named dataset (a relative path is taken relative to it).
     scale, seed:
-        Only for the synthetic domains.
-    camstyle:
-        Parse ``bounding_box_train_camstyle/`` when present.
+        Only for the synthetic domains: a scale name (``'tiny'``, ``'small'``, ``'market'``)
+        or a :class:`~reidlab.data.synth.world.Scale`.
+    with_camstyle:
+        Parse ``bounding_box_train_camstyle/`` when present (``False``: leave
+        :attr:`ReIDDataset.camstyle` empty, to treat a tree as a real dataset without
+        CamStyle images, or to skip parsing thousands of names that will not be used).
+        Which target dataset ECN then trains on is the loader's ``camstyle=`` mode
+        (:func:`reidlab.data.loaders.target_train_dataset`).
 
     Raises
     ------
@@ -288,8 +231,6 @@ def load_reid_dataset(
     key = str(name_or_path).strip().lower()
     known_cams: int | None
     if key in SYNTH_NAMES:
-        from .synth import DOMAINS, make_synthetic_reid
-
         base = Path(root).expanduser() if root is not None else None
         path = make_synthetic_reid(base, domain=key, scale=scale, seed=seed)
         name, known_cams = key, DOMAINS[key].num_cams
@@ -307,18 +248,16 @@ def load_reid_dataset(
     query, _, junk_query = _parse_split(path / QUERY_DIR, relabel=False)
     gallery, _, junk_gallery = _parse_split(path / GALLERY_DIR, relabel=False)
 
-    if known_cams is None and (path / "manifest.json").is_file():  # a synthetic tree given by path
-        import json
-
+    if known_cams is None and (path / MANIFEST).is_file():  # a synthetic tree given by path
         try:
-            known_cams = int(json.loads((path / "manifest.json").read_text()).get("num_cams", 0)) or None
+            known_cams = int(json.loads((path / MANIFEST).read_text()).get("num_cams", 0)) or None
         except (ValueError, OSError, AttributeError):
             known_cams = None
     cams_seen = 1 + max(c for items in (train, query, gallery) for _, _, c in items)
     num_cams = max(known_cams or 0, cams_seen)
 
     style: dict[str, dict[int, str]] = {}
-    if camstyle and (path / CAMSTYLE_DIR).is_dir():
+    if with_camstyle and (path / CAMSTYLE_DIR).is_dir():
         style = _parse_camstyle(path / CAMSTYLE_DIR, train)
     return ReIDDataset(
         name=name,

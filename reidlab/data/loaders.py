@@ -1,7 +1,8 @@
 """Datasets and DataLoaders for re-ID training and testing (ECN's preprocessors).
 
-Three map-style datasets over ``(path, pid, camid)`` lists from
-:func:`reidlab.data.datasets.load_reid_dataset`:
+Map-style datasets over :class:`~reidlab.data.layout.Item` ``(path, pid, camid)`` lists
+from :func:`reidlab.data.datasets.load_reid_dataset` (notebook 08 introduces them, notebook
+09 the target datasets):
 
 * :class:`ImageDataset` -- ``(image, pid, camid, index)``: the labelled source domain and
   the query/gallery sets;
@@ -18,13 +19,23 @@ Three map-style datasets over ``(path, pid, camid)`` lists from
 :func:`make_loader` builds a DataLoader with an explicit ``torch.Generator`` (so the
 shuffle order and, through per-worker seeding, the augmentations repeat for a seed) and
 ``pin_memory`` only when the data is going to a CUDA device. :func:`make_reid_loaders`
-builds the four loaders of a domain-adaptation run; its ``camstyle`` argument picks the
-target dataset (ECN's trainer, :func:`reidlab.ecn.train_ecn`, uses it for its E / E+C
-switches).
+builds the four loaders of a domain-adaptation run; its ``camstyle`` mode (one of
+:data:`CAMSTYLE_MODES`) picks the target dataset (ECN's trainer,
+:func:`reidlab.ecn.train_ecn`, uses it for its E / E+C switches).
+
+**Image cache.** ``cache=True`` keeps decoded images in memory so that each image is decoded
+once per run. With ``num_workers=0`` images are decoded on first use. With workers, a cache
+filled *inside* a worker would be lost: each worker holds its own copy of the dataset, and
+without persistent workers (which an exactly resumable trainer cannot use) the workers and
+their copies end with every epoch. So the loaders of :func:`make_loader`
+(:class:`CacheFillingLoader`) decode every image the dataset can read in the main process,
+in parallel, before the first epoch's workers start; the workers then inherit the filled
+cache (``fork``) or receive it with the dataset (``spawn``), and decode nothing.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+import itertools
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -32,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .camstyle import CameraColorStats, camera_color_stats, transfer_camera_style
 from .datasets import ReIDDataset
+from .layout import Item, read_image
 from .transforms import build_test_transform, build_train_transform
 
 __all__ = [
@@ -44,34 +56,72 @@ __all__ = [
     "make_loader",
     "ReIDLoaders",
     "make_reid_loaders",
-    "read_image",
+    "CacheFillingLoader",
 ]
 
-Item = tuple[str, int, int]
 Transform = Callable[[Image.Image], object]
 
 
-def read_image(path: str) -> Image.Image:
-    """Open an image as RGB, with the path in the error if it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as err:
-        raise OSError(f"cannot read image {path}: {err}") from None
+class _Decode(Dataset):
+    """Decodes a list of image files; the worker pool that fills a cache in parallel."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return read_image(self.paths[index])
 
 
 class _Base(Dataset):
+    """Items, an optional transform and the optional decoded-image cache shared by the datasets below."""
+
     def __init__(self, items: Sequence[Item], transform: Transform | None = None, *, cache: bool = False) -> None:
         if len(items) == 0:
             raise ValueError("empty item list: nothing to load")
         self.items = list(items)
         self.transform = transform
         self._cache: dict[str, Image.Image] | None = {} if cache else None
+        self._cache_full = False
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def cached(self) -> bool:
+        """Whether decoded images are kept in memory (``cache=True``)."""
+        return self._cache is not None
+
+    def cache_paths(self) -> list[str]:
+        """Every image file this dataset may read: what :meth:`fill_cache` decodes."""
+        return [item[0] for item in self.items]
+
+    def fill_cache(self, num_workers: int = 0) -> int:
+        """Decode every image not cached yet, ``num_workers`` processes in parallel; returns how many.
+
+        Called by :class:`CacheFillingLoader` in the main process before its workers start,
+        so that they inherit the cache (see the module docstring). Without ``cache=True``, or
+        once filled, it does nothing. The images come back in order, so the cache holds the
+        same pixels as decoding on first use would.
+        """
+        if self._cache is None or self._cache_full:
+            return 0
+        missing = list(dict.fromkeys(p for p in self.cache_paths() if p not in self._cache))
+        decoded: Iterator[Image.Image]
+        if num_workers > 0 and len(missing) > 1:
+            pool = DataLoader(
+                _Decode(missing), batch_size=64, num_workers=num_workers, collate_fn=list,
+                generator=torch.Generator(),  # seeds the pool's workers without drawing from the global RNG
+            )
+            decoded = itertools.chain.from_iterable(pool)
+        else:
+            decoded = map(read_image, missing)
+        for path, img in zip(missing, decoded):
+            self._cache[path] = img
+        self._cache_full = True
+        return len(missing)
 
     def _read(self, path: str) -> Image.Image:
         """The decoded image, from the in-memory cache when ``cache=True``."""
@@ -90,8 +140,10 @@ class _Base(Dataset):
 class ImageDataset(_Base):
     """``(image, pid, camid, index)`` for each ``(path, pid, camid)`` item.
 
-    ``cache=True`` keeps decoded images in memory (per worker process): worth it for the
-    small synthetic sets that a CPU notebook reads for many epochs.
+    ``cache=True`` keeps decoded images in memory, so each image is decoded once per run
+    (also with worker processes, when the dataset is read through :func:`make_loader`):
+    worth it for the small synthetic sets that a CPU notebook reads for many epochs. It
+    costs ``H x W x 3`` bytes per image (24 KiB at 128x64).
     """
 
     def __getitem__(self, index: int):
@@ -113,8 +165,8 @@ class CamStyleTargetDataset(_Base):
     ----------
     items:
         The target training items ``(path, pid, camid)``; pids are ignored.
-    camstyle:
-        ``{path: {target camid: camstyle path}}`` (``ReIDDataset.camstyle``).
+    camstyle_paths:
+        ``{path: {target camid: CamStyle image path}}`` (``ReIDDataset.camstyle``).
     num_cams:
         Cameras of the target domain; each sample draws one of them uniformly.
     missing:
@@ -126,7 +178,7 @@ class CamStyleTargetDataset(_Base):
     def __init__(
         self,
         items: Sequence[Item],
-        camstyle: dict[str, dict[int, str]],
+        camstyle_paths: dict[str, dict[int, str]],
         num_cams: int,
         transform: Transform | None = None,
         *,
@@ -138,13 +190,13 @@ class CamStyleTargetDataset(_Base):
             raise ValueError(f"num_cams must be >= 1, got {num_cams}")
         if missing not in ("error", "original"):
             raise ValueError(f"missing must be 'error' or 'original', got {missing!r}")
-        self.camstyle, self.num_cams, self.missing = camstyle, int(num_cams), missing
+        self.camstyle_paths, self.num_cams, self.missing = camstyle_paths, int(num_cams), missing
         if missing == "error":
             gaps = [
                 (path, c)
                 for path, _, cam in self.items
                 for c in range(self.num_cams)
-                if c != cam and c not in camstyle.get(path, {})
+                if c != cam and c not in camstyle_paths.get(path, {})
             ]
             if gaps:
                 path, c = gaps[0]
@@ -153,13 +205,23 @@ class CamStyleTargetDataset(_Base):
                     "(expected bounding_box_train_camstyle/<name>_fake_<c>to<c2>.jpg; pass missing='original' to fall back)"
                 )
 
+    def cache_paths(self) -> list[str]:
+        """The originals and every CamStyle image a draw can pick (cameras below ``num_cams``)."""
+        fakes = (
+            fake
+            for path, _, cam in self.items
+            for c, fake in sorted(self.camstyle_paths.get(path, {}).items())
+            if c != cam and c < self.num_cams
+        )
+        return [*super().cache_paths(), *fakes]
+
     def choose(self, index: int, generator: torch.Generator | None = None) -> tuple[str, int]:
         """Pick the camera for one sample; returns ``(path to load, chosen camid)``."""
         path, _, cam = self.items[index]
         chosen = int(torch.randint(self.num_cams, (), generator=generator).item())
         if chosen == cam:
             return path, chosen
-        fake = self.camstyle.get(path, {}).get(chosen)
+        fake = self.camstyle_paths.get(path, {}).get(chosen)
         if fake is None:  # only reachable with missing='original'
             return path, cam
         return fake, chosen
@@ -228,39 +290,46 @@ class ColorStyleTargetDataset(_Base):
         return (self.transform(img) if self.transform is not None else img), index
 
 
-#: ``camstyle=`` choices of :func:`make_reid_loaders` / :func:`target_train_dataset`.
+#: The ``camstyle=`` modes of :func:`make_reid_loaders` / :func:`target_train_dataset`: where
+#: the other cameras' views of a target image come from (see :func:`target_train_dataset`).
 CAMSTYLE_MODES: tuple[str, ...] = ("none", "folder", "color", "auto")
+
+
+def _check_camstyle_mode(camstyle: str) -> str:
+    """``camstyle`` if it is one of :data:`CAMSTYLE_MODES`, else a ``ValueError`` that says what to pass."""
+    if isinstance(camstyle, str) and camstyle in CAMSTYLE_MODES:
+        return camstyle
+    hint = ""
+    if isinstance(camstyle, bool):  # the old vocabulary
+        hint = " (True used to mean 'folder' when the tree has CamStyle images, else 'none'; False means 'none')"
+    raise ValueError(f"camstyle={camstyle!r}: choose one of {', '.join(map(repr, CAMSTYLE_MODES))}{hint}")
 
 
 def target_train_dataset(
     target: ReIDDataset,
     transform: Transform | None,
     *,
-    camstyle: bool | str = "auto",
+    camstyle: str = "auto",
     cache: bool = False,
     color_space: str = "lab",
     seed: int = 0,
 ) -> Dataset:
     """The target-domain training set for ECN: plain, CamStyle folder, or colour stand-in.
 
-    ``camstyle``:
+    ``camstyle`` (one of :data:`CAMSTYLE_MODES`):
 
-    * ``'none'`` / ``False`` -- :class:`TargetDataset` (no camera invariance: ECN's E, E+N);
+    * ``'none'`` -- :class:`TargetDataset` (no camera invariance: ECN's E, E+N);
     * ``'folder'`` -- :class:`CamStyleTargetDataset` on the tree's
-      ``bounding_box_train_camstyle`` images; a ``ValueError`` if it has none;
+      ``bounding_box_train_camstyle`` images; a ``ValueError`` if it has none (asked for
+      explicitly, a missing folder is an error, not a silent fallback);
     * ``'color'`` -- :class:`ColorStyleTargetDataset` (the colour-statistics stand-in);
-    * ``'auto'`` -- the folder when the tree has one, else the colour stand-in;
-    * ``True`` -- the folder when the tree has one, else no camera invariance (the
-      behaviour of earlier versions of :func:`make_reid_loaders`).
+    * ``'auto'`` (default) -- the folder when the tree has one, else the colour stand-in, so
+      camera invariance is always trained when asked for.
+
+    ``color_space`` and ``seed`` only matter for the colour stand-in: the space of the
+    transfer and the draw of the images its camera statistics are computed from.
     """
-    if camstyle is True:
-        mode = "folder" if target.has_camstyle else "none"
-    elif camstyle is False:
-        mode = "none"
-    elif camstyle in CAMSTYLE_MODES:
-        mode = camstyle
-    else:
-        raise ValueError(f"camstyle={camstyle!r}: choose True, False or one of {', '.join(CAMSTYLE_MODES)}")
+    mode = _check_camstyle_mode(camstyle)
     if mode == "auto":
         mode = "folder" if target.has_camstyle else "color"
     if mode == "none":
@@ -276,6 +345,23 @@ def target_train_dataset(
     return ColorStyleTargetDataset(target.train, stats, target.num_cams, transform, cache=cache)
 
 
+class CacheFillingLoader(DataLoader):
+    """A DataLoader that fills its dataset's image cache once, in the main process, before its workers start.
+
+    Why: every worker process works on its own copy of the dataset, so images cached inside
+    a worker are lost when the worker ends, which without persistent workers is after every
+    epoch. Filling the cache first (decoding in parallel with ``num_workers`` processes, see
+    :meth:`ImageDataset.fill_cache`) means the workers start with every image decoded. With
+    ``num_workers=0`` nothing is done here: the dataset lives in this process and caches on
+    first use. A dataset without ``cache=True`` is read as by a plain DataLoader.
+    """
+
+    def __iter__(self):
+        if self.num_workers > 0 and isinstance(self.dataset, _Base):
+            self.dataset.fill_cache(self.num_workers)
+        return super().__iter__()
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -287,7 +373,7 @@ def make_loader(
     device: str | torch.device = "cpu",
     persistent_workers: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader with an explicit generator; ``pin_memory`` only for a CUDA ``device``.
+    """A :class:`CacheFillingLoader` with an explicit generator; ``pin_memory`` only for a CUDA ``device``.
 
     The generator (``loader.generator``) drives the shuffle order and the base seed of every
     worker, so two loaders with the same ``seed`` yield the same batches, augmentations
@@ -295,7 +381,8 @@ def make_loader(
     ``persistent_workers`` (default: whenever there are workers) keeps worker processes
     alive between epochs; they are then seeded only once, so a trainer that reseeds
     ``loader.generator`` every epoch to make each epoch reproducible on its own (exact
-    resume) passes ``False``.
+    resume) passes ``False``. A dataset built with ``cache=True`` is decoded once, before the
+    first epoch's workers start (:class:`CacheFillingLoader`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -303,7 +390,7 @@ def make_loader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     gen = torch.Generator()
     gen.manual_seed(int(seed))
-    return DataLoader(
+    return CacheFillingLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -334,7 +421,7 @@ def make_reid_loaders(
     num_workers: int = 0,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    camstyle: bool | str = True,
+    camstyle: str = "auto",
     random_erasing: float = 0.5,
     cache: bool = False,
     persistent_workers: bool | None = None,
@@ -343,9 +430,11 @@ def make_reid_loaders(
     """Source train (labelled), target train (index, CamStyle per ``camstyle``), target query/gallery.
 
     Training loaders shuffle and drop the last incomplete batch (as ECN does, so BN never
-    sees a tiny batch); test loaders keep order. ``camstyle`` picks the target training set
-    (see :func:`target_train_dataset`; ``True``: CamStyle images when the tree has them).
-    The target loader's seed is ``seed + 1``, so the two domains are not shuffled alike.
+    sees a tiny batch); test loaders keep order. ``camstyle`` (one of :data:`CAMSTYLE_MODES`,
+    default ``'auto'`` like :func:`target_train_dataset` and ECN's trainer) picks the target
+    training set. The target loader's seed is ``seed + 1``, so the two domains are not
+    shuffled alike. ``cache=True`` caches decoded images in every dataset (each image decoded
+    once per run, see the module docstring).
     """
     train_tf = build_train_transform(height, width, random_erasing=random_erasing)
     test_tf = build_test_transform(height, width)

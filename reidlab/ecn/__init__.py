@@ -1,2 +1,34 @@
-from .train_all import *  # noqa: F401,F403  (phase 1: split below)
-from .train_all import __all__  # noqa: F401
+"""ECN (Zhong et al., "Invariance Matters: Exemplar Memory for Domain Adaptive Person
+Re-identification", CVPR 2019) as a trainer: notebooks 08-10 use it, ``python -m reidlab.ecn``
+runs it.
+
+* :mod:`reidlab.ecn.config` -- :class:`ECNConfig` (every setting, ECN's defaults) and
+  :func:`scaled_schedule` (ECN's lr step and kNN start scaled to a shorter run);
+* :mod:`reidlab.ecn.loop` -- the ECN step and one epoch (:func:`run_epoch`), and
+  :func:`train_source`, the supervised source baseline that shares that loop;
+* :mod:`reidlab.ecn.run` -- :func:`train_ecn`: build, train, checkpoint, resume, log;
+* :mod:`reidlab.ecn.cli` -- the command line, one flag per setting.
+"""
+from .cli import main
+from .config import INVARIANCES, ECNConfig, scaled_schedule
+from .loop import ecn_loss, make_optimizer, run_epoch, split_batch, train_source
+from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_checkpoint, load_domains, train_ecn
+
+__all__ = [
+    "INVARIANCES",
+    "ECNConfig",
+    "scaled_schedule",
+    "split_batch",
+    "make_optimizer",
+    "ecn_loss",
+    "run_epoch",
+    "train_source",
+    "ECNParts",
+    "ECNResult",
+    "load_domains",
+    "build_ecn",
+    "evaluate_model",
+    "load_checkpoint",
+    "train_ecn",
+    "main",
+]

@@ -1,5 +1,4 @@
-import sys
+"""``python -m reidlab.ecn``: see :mod:`reidlab.ecn.cli`."""
+from .cli import main
 
-from .train_all import main
-
-sys.exit(main())
+raise SystemExit(main())

@@ -12,14 +12,19 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from PIL import Image
+
+from reidlab.evaluation import check_rank_inputs, rank_gallery
 
 FIGURES_ENV = "REIDLAB_FIGURES_DIR"
 
 
 def use_style() -> None:
     """One look for every figure of the series (called by :func:`reidlab.lessons.setup`)."""
-    import seaborn as sns
-
     sns.set_theme(context="notebook", style="whitegrid", palette="deep")
     matplotlib.rcParams.update({"figure.dpi": 90, "savefig.dpi": 120, "figure.autolayout": True})
 
@@ -58,23 +63,14 @@ def _as_display_image(img):
     they stay visible; that changes their colours, so pass un-normalised images where colours
     matter.
     """
-    import numpy as np
-
     if isinstance(img, (str, os.PathLike)):
-        from PIL import Image
-
         with Image.open(img) as im:
             return np.asarray(im.convert("RGB"))
-    try:
-        import torch
-
-        if isinstance(img, torch.Tensor):
-            img = img.detach().cpu()
-            if img.dim() == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-                img = img.permute(1, 2, 0)
-            img = img.numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(img, torch.Tensor):
+        img = img.detach().cpu()
+        if img.dim() == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+            img = img.permute(1, 2, 0)
+        img = img.numpy()
     arr = np.asarray(img)
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
         arr = np.transpose(arr, (1, 2, 0))
@@ -104,8 +100,6 @@ def _framed(ax, img, colour: str, title: str | None, linewidth: float = 4.0) -> 
 
 
 def _check_flags(matches, k: int):
-    import numpy as np
-
     flags = np.asarray(matches)
     if flags.ndim != 1:
         raise ValueError(f"matches must be 1-D (one flag per gallery image), got shape {flags.shape}")
@@ -150,8 +144,6 @@ def show_ranked_list(
     matplotlib.figure.Figure
         One row: the query (blue frame), then the ranked images.
     """
-    import matplotlib.pyplot as plt
-
     flags = _check_flags(matches, k)
     n = min(k, len(flags))
     if len(gallery_imgs) < n:
@@ -223,12 +215,7 @@ def ranked_lists(
         Titles give the query's id and camera, and each gallery image's rank, id (or
         "distractor" for id 0, "junk" for id -1) and camera.
     """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from reidlab.evaluation import _check_inputs, rank_gallery
-
-    d, qp, gp, qc, gc, _ = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, 1)
+    d, qp, gp, qc, gc, _ = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, 1)
     _check_flags([], k)
     get = _image_source(load_image)
     rows = [int(i) for i in np.atleast_1d(np.asarray(query_indices))]
@@ -269,9 +256,6 @@ def cmc_curve(results: dict, *, max_rank: int | None = None, ax=None) -> matplot
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     if not results:
         raise ValueError("results is empty: pass {label: RankResult}")
     if ax is None:
@@ -324,8 +308,6 @@ def image_grid(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-
     rows = [list(r) for r in images]
     if not rows or not rows[0]:
         raise ValueError("images is empty: pass images[row][col] or an array (rows, cols, H, W, C)")

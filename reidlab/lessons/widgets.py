@@ -13,10 +13,14 @@ kernel and JupyterLab live in different environments; see the README).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import ipywidgets as w
 import matplotlib.pyplot as plt
+from IPython import get_ipython
+from IPython.display import display
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,6 @@ class Slider:
 
     def widget(self, name: str):
         """The matching ipywidgets slider (updates on release, so slow figures stay usable)."""
-        import math
-
-        import ipywidgets as w
-
         desc = self.label or name
         common = dict(description=desc, continuous_update=False, style={"description_width": "initial"})
         if self.log:
@@ -107,10 +107,6 @@ class SliderPlot:
 
 
 def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
@@ -137,14 +133,10 @@ def slider_plot(draw: Callable[..., Any], *, interactive: bool | None = None, **
     """
     if not controls:
         raise ValueError("slider_plot needs at least one Slider")
-    from IPython.display import display
-
     sp = SliderPlot(draw, controls)
     if interactive is None:
         interactive = _in_kernel()
     if interactive:
-        import ipywidgets as w
-
         for name, ctl in controls.items():
             slider = ctl.widget(name)
             slider.observe(lambda change, name=name: sp._on_change(name, change), names="value")

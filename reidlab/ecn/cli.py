@@ -1,0 +1,132 @@
+"""``python -m reidlab.ecn`` (or ``reidlab-ecn``): train or resume an ECN run from the command line.
+
+Every setting of :class:`reidlab.ecn.ECNConfig` is a flag (``lr_new`` -> ``--lr-new``), made from
+the dataclass's fields and their help texts, so a default lives in one place: an omitted flag
+takes the profile's size or ECN's published value. ``--profile`` picks the sizes (``ci``,
+``laptop``, ``gpu``); ``--out`` the run folder.
+
+Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input (missing data dir or
+dataset, mismatched checkpoint, bad setting, non-finite loss) with a one-line ``error: ...`` on
+stderr; 130 when interrupted (rerun the same command to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .config import INVARIANCES, PROFILE_KEYS, ECNConfig
+from .run import train_ecn
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+_NONE = ("none", "null")
+
+
+def _converter(kind: Callable[[str], Any], optional: bool, name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        if optional and text.strip().lower() in _NONE:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: expected a {kind.__name__}, got {text!r}")
+
+    return convert
+
+
+def _add_setting(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+    """One flag for the ECNConfig field ``f``, typed from its annotation."""
+    flag = "--" + f.name.replace("_", "-")
+    kind = f.type.split("|")[0].strip()
+    optional = "None" in f.type
+    help_text = f.metadata.get("help", "")
+    default = "the profile's" if f.name in PROFILE_KEYS else repr(f.default)
+    if kind == "bool":
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"{help_text} (default: {default})")
+        return
+    convert = {"int": int, "float": float, "str": str}[kind]
+    unset = "; 'none' unsets it" if optional else ""
+    group.add_argument(flag, type=_converter(convert, optional, f.name), default=argparse.SUPPRESS,
+                       metavar=f.name.upper(), help=f"{help_text} (default: {default}{unset})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: run options, then one flag per ECNConfig setting."""
+    p = argparse.ArgumentParser(
+        prog="python -m reidlab.ecn",
+        description="Train ECN (Zhong et al., CVPR 2019) for domain-adaptive person re-ID: labelled source, "
+        "unlabelled target. Writes checkpoint.pt, log.csv, history.json, metrics.json and config.json to --out "
+        f"and resumes from its checkpoint when rerun. Ablation switches: {', '.join(INVARIANCES)}.",
+    )
+    p.add_argument("--out", required=True, help="output folder (checkpoint and logs)")
+    p.add_argument("--profile", help="ci | laptop | gpu (sizes; default: $REIDLAB_PROFILE, else gpu with CUDA, else laptop)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    group = p.add_argument_group("settings (ECNConfig; an omitted flag keeps the profile's or ECN's value)")
+    for f in dataclasses.fields(ECNConfig):
+        if f.name != "profile":
+            _add_setting(group, f)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ECNConfig:
+    """The profile's ECNConfig with every setting flag that was given (settings default to
+    ``argparse.SUPPRESS``, so the namespace holds only those; ``none`` sets an optional one to None)."""
+    names = {f.name for f in dataclasses.fields(ECNConfig)} - {"profile"}  # --profile picks the sizes
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return ECNConfig.from_profile(args.profile, **overrides)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _epoch_line(config: ECNConfig, epoch: int, row: dict) -> str:
+    parts = [
+        f"epoch {epoch + 1}/{config.epochs}", f"loss_src {row['loss_src']:.3f}",
+        "" if row["loss_tgt"] is None else f"loss_tgt {row['loss_tgt']:.3f}",
+        f"acc_src {_pct(row['acc_src'])}",
+        "" if row["knn_precision"] is None else f"knn_prec {_pct(row['knn_precision'])}",
+        "" if row["rank1"] is None else f"rank-1 {_pct(row['rank1'])} mAP {_pct(row['mAP'])}",
+        f"{row['seconds']:.1f}s",
+    ]
+    return "  ".join(p for p in parts if p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train (or resume) ECN from command-line arguments; return the exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error
+        return int(exc.code or 0)
+    try:
+        config = config_from_args(args)
+        if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
+            raise FileNotFoundError(f"data dir not found: {config.data_dir}")
+
+        def report(epoch: int, model: nn.Module, criterion: Any, row: dict) -> None:
+            if not args.quiet:
+                print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
+
+        result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume from {args.out}/checkpoint.pt", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    src = f"; source rank-1 {_pct(m['source_rank1'])} mAP {_pct(m['source_mAP'])}" if "source_rank1" in m else ""
+    print(
+        f"ECN {config.invariance} {config.source} -> {config.target}: target rank-1 {_pct(m['rank1'])} "
+        f"mAP {_pct(m['mAP'])} after {len(result.history)} epochs{src} ({args.out})"
+    )
+    return 0

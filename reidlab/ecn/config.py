@@ -1,0 +1,263 @@
+"""ECN's settings: one dataclass, its validation, and the one rule that scales its schedule.
+
+ECN (Zhong et al., "Invariance Matters: Exemplar Memory for Domain Adaptive Person
+Re-identification", CVPR 2019) trains 60 epochs, steps the learning rates down by 10x at
+epoch 40 and switches the neighbourhood (kNN) target on from epoch 5 (its code's
+``epoch > 4``). A shorter run keeps those *fractions* of training: :func:`scaled_schedule` is
+the one place that says how, used by :class:`ECNConfig`, by
+:func:`reidlab.ecn.loop.train_source`, by notebook 10 and by its exercise 10.2's checker.
+
+Every field of :class:`ECNConfig` carries its help text, from which the command line
+(:mod:`reidlab.ecn.cli`) builds one flag per setting, so no default is written twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data.loaders import CAMSTYLE_MODES
+from ..profiles import Profile, resolve_profile
+from ..runtime import resolve_device
+
+__all__ = [
+    "INVARIANCES",
+    "CAMSTYLE_SOURCES",
+    "ECN_EPOCHS",
+    "ECN_DECAY_EPOCH",
+    "ECN_KNN_EPOCH",
+    "RESUME_FREE_KEYS",
+    "PROFILE_KEYS",
+    "scaled_schedule",
+    "ECNConfig",
+]
+
+#: The ablation switches of ECN's Table 1: E = exemplar invariance (the memory's
+#: cross-entropy), C = camera invariance (camera-style target images), N = neighbourhood
+#: invariance (the kNN soft target from :attr:`ECNConfig.knn_epoch` on). ``'source-only'``:
+#: no target loss.
+INVARIANCES: tuple[str, ...] = ("source-only", "E", "E+C", "E+N", "E+C+N")
+
+#: Where camera-style target images come from when the invariance has C: the modes of
+#: :data:`reidlab.data.loaders.CAMSTYLE_MODES` other than ``'none'`` (which the trainer uses
+#: when the invariance has no C, see :attr:`ECNConfig.target_camstyle`).
+CAMSTYLE_SOURCES: tuple[str, ...] = tuple(m for m in CAMSTYLE_MODES if m != "none")
+
+#: ECN's schedule (paper and published code): 60 epochs, lr x0.1 at epoch 40, kNN from epoch 5.
+ECN_EPOCHS, ECN_DECAY_EPOCH, ECN_KNN_EPOCH = 60, 40, 5
+
+#: Settings that may differ between a checkpoint and the run resuming it: they change how a
+#: run is executed or reported, not what it computes on the CPU.
+RESUME_FREE_KEYS: frozenset[str] = frozenset(
+    {"eval_every", "eval_source", "device", "num_workers", "data_dir", "cache_images", "amp", "channels_last", "profile"}
+)
+
+#: The settings a profile (``ci`` / ``laptop`` / ``gpu``, :mod:`reidlab.profiles`) decides.
+PROFILE_KEYS: tuple[str, ...] = (
+    "height", "width", "arch", "batch_size", "epochs", "amp", "channels_last", "num_workers", "synth_scale",
+)
+
+
+def scaled_schedule(epochs: int) -> tuple[int, int]:
+    """``(knn_epoch, decay_epoch)``: ECN's epoch 5 and epoch 40 of 60, scaled to ``epochs``.
+
+    Both are 0-based epochs, rounded to the nearest integer and at least 1: the learning
+    rate never drops before one epoch at full rate, and the kNN target never starts in
+    epoch 0, while the memory is still being filled (its update rate ``alpha * epoch`` is 0
+    and unvisited slots are zeros). ``scaled_schedule(60) == (5, 40)``, ECN's own;
+    ``scaled_schedule(10) == (1, 7)``.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    knn = max(1, round(ECN_KNN_EPOCH * epochs / ECN_EPOCHS))
+    decay = max(1, round(ECN_DECAY_EPOCH * epochs / ECN_EPOCHS))
+    return knn, decay
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _normalise_invariance(value: str) -> str:
+    key = str(value).strip().upper().replace(" ", "").replace("_", "-")
+    for name in INVARIANCES:
+        if key == name.upper():
+            return name
+    if key in ("SOURCE", "SOURCEONLY", "BASELINE"):
+        return "source-only"
+    raise ValueError(f"unknown invariance {value!r}; choose one of: {', '.join(INVARIANCES)}")
+
+
+@dataclass
+class ECNConfig:
+    """Every setting of an ECN run, primitives only (it round-trips through JSON).
+
+    Defaults are ECN's published settings at paper scale (each field's ``metadata['help']``
+    says what it is; ``python -m reidlab.ecn --help`` prints them all). :meth:`from_profile`
+    takes the sizes of :data:`PROFILE_KEYS` from a ``ci`` / ``laptop`` / ``gpu`` profile.
+    Two settings are derived from ``epochs`` unless given: :attr:`decay_epoch` (from
+    ``step_epoch``) and :attr:`knn_epoch` (from ``knn_start``), both by
+    :func:`scaled_schedule`, so a shorter run keeps ECN's proportions.
+    """
+
+    # data
+    source: str = _setting("synth_market", "source dataset: a name (synth_market, market1501, ...) or a folder")
+    target: str = _setting("synth_duke", "target dataset: a name (synth_duke, dukemtmc-reid, ...) or a folder")
+    data_dir: str | None = _setting(None, "folder holding the real datasets; synthetic worlds are generated in it")
+    synth_scale: str = _setting("market", "size of a synthetic world: tiny | small | market")
+    synth_seed: int = _setting(0, "seed of a synthetic world")
+    # network
+    arch: str = _setting("resnet50", "backbone: resnet18/34/50/101 or resnet18/34/50_ibn_a")
+    pretrained: str | None = _setting(None, "initial weights: a torchvision weights name (IMAGENET1K_V1) or a file")
+    num_features: int = _setting(4096, "width of the embedding (ECN: FC-4096 + BN)")
+    dropout: float = _setting(0.5, "dropout before the classifiers")
+    neck: str = _setting("no", "no | bnneck")
+    freeze: str | None = _setting("layer2", "last frozen stage, BNs in eval (ECN: conv1..layer2); none to train all")
+    # input
+    height: int = _setting(256, "input height (ECN: 256)")
+    width: int = _setting(128, "input width (ECN: 128)")
+    batch_size: int = _setting(128, "source batch size; the target batch has the same size (ECN: 128 + 128)")
+    random_erasing: float = _setting(0.5, "random-erasing probability (ECN: 0.5)")
+    # optimisation
+    epochs: int = _setting(60, "epochs; one epoch is one pass over the source (ECN: 60)")
+    lr_new: float = _setting(0.1, "learning rate of the new layers (ECN: 0.1)")
+    lr_backbone: float = _setting(0.01, "learning rate of the pretrained backbone (ECN: 0.01)")
+    momentum: float = _setting(0.9, "SGD momentum")
+    nesterov: bool = _setting(True, "Nesterov momentum")
+    weight_decay: float = _setting(5e-4, "weight decay")
+    step_epoch: int | None = _setting(None, "epoch of the x gamma lr step; none: ECN's 40 of 60 scaled")
+    gamma: float = _setting(0.1, "lr factor at the step")
+    max_steps: int | None = _setting(None, "cap on the steps of an epoch (quick experiments only)")
+    # ECN
+    invariance: str = _setting("E+C+N", f"ablation switch: {' | '.join(INVARIANCES)}")
+    lam: float = _setting(0.3, "weight of the target loss: (1 - lam) L_src + lam L_tgt")
+    beta: float = _setting(0.05, "temperature of the memory's softmax")
+    alpha: float = _setting(0.01, "memory update rate per epoch (rate alpha * epoch)")
+    knn: int = _setting(6, "neighbours of the kNN target, and k of the logged kNN precision")
+    knn_start: int | None = _setting(None, "first epoch of the kNN target; none: ECN's 5 of 60 scaled")
+    camstyle: str = _setting("auto", f"camera-style source with C: {' | '.join(CAMSTYLE_SOURCES)}")
+    # evaluation
+    eval_every: int = _setting(0, "evaluate on the target test set every N epochs (0: at the end only)")
+    eval_source: bool = _setting(True, "also evaluate on the source test set at the end")
+    # run
+    seed: int = _setting(0, "seed of everything")
+    device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = _setting(True, "bf16 autocast (CUDA only)")
+    channels_last: bool = _setting(True, "channels_last memory format (CUDA only)")
+    num_workers: int = _setting(8, "data-loader worker processes")
+    cache_images: bool = _setting(True, "keep decoded images in memory")
+    profile: str | None = _setting(None, "the profile the sizes came from (a label)")
+
+    def __post_init__(self) -> None:
+        self.invariance = _normalise_invariance(self.invariance)
+        _validate(self)
+
+    @classmethod
+    def from_profile(cls, profile: str | Profile | None = None, **overrides: Any) -> ECNConfig:
+        """ECN's settings with the sizes of a profile, then ``overrides``.
+
+        ``profile`` is a name (``'ci'``, ``'laptop'``, ``'gpu'``; ``None`` reads
+        ``$REIDLAB_PROFILE``, see :func:`reidlab.profiles.resolve_profile`) or the
+        :class:`reidlab.profiles.Profile` that ``reidlab.lessons.setup()`` returns (its seed
+        is used too).
+        """
+        prof = profile if isinstance(profile, Profile) else resolve_profile(profile)
+        values: dict[str, Any] = {"profile": prof.name, **{k: getattr(prof, k) for k in PROFILE_KEYS}}
+        if isinstance(profile, Profile):
+            values["seed"] = prof.seed
+        _check_names(overrides)
+        return cls(**{**values, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ECNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        _check_names(data)
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-serialisable): what checkpoints and ``config.json`` hold."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ECNConfig:
+        """A copy with ``changes`` applied (and validated); derived epochs follow a new ``epochs``."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def decay_epoch(self) -> int:
+        """The epoch (0-based) from which both learning rates are multiplied by ``gamma``."""
+        return self.step_epoch if self.step_epoch is not None else scaled_schedule(self.epochs)[1]
+
+    @property
+    def knn_epoch(self) -> int:
+        """The first epoch (0-based) of the kNN target (ECN: 5 of 60; used only with N)."""
+        return self.knn_start if self.knn_start is not None else scaled_schedule(self.epochs)[0]
+
+    @property
+    def uses_target(self) -> bool:
+        """False for ``'source-only'``: no target batch, no memory."""
+        return self.invariance != "source-only"
+
+    @property
+    def uses_camstyle(self) -> bool:
+        return "C" in self.invariance.split("+")
+
+    @property
+    def uses_knn(self) -> bool:
+        return "N" in self.invariance.split("+")
+
+    @property
+    def target_camstyle(self) -> str:
+        """The ``camstyle=`` mode of the target loader (:func:`reidlab.data.loaders.target_train_dataset`)."""
+        return self.camstyle if self.uses_camstyle else "none"
+
+
+def _check_names(values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(ECNConfig)})
+    if unknown:
+        raise ValueError(f"unknown ECNConfig setting(s): {', '.join(unknown)}")
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _validate(c: ECNConfig) -> None:
+    """Raise ``ValueError`` naming the first bad setting of ``c``."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"ECNConfig: {msg}")
+
+    for name in ("height", "width", "epochs", "num_features"):
+        need(_is_int(getattr(c, name), 1), f"{name} must be a positive int, got {getattr(c, name)!r}")
+    need(_is_int(c.batch_size, 2),
+         f"batch_size must be an int >= 2 (BatchNorm needs more than one sample), got {c.batch_size!r}")
+    need(0.0 <= c.lam <= 1.0, f"lam must lie in [0, 1] (weights (1 - lam) and lam), got {c.lam}")
+    need(c.beta > 0, f"beta (a temperature) must be > 0, got {c.beta}")
+    need(c.alpha >= 0, f"alpha must be >= 0, got {c.alpha}")
+    need(c.alpha * (c.epochs - 1) <= 1.0,
+         f"alpha * (epochs - 1) = {c.alpha * (c.epochs - 1):g} > 1: the memory update would stop being "
+         "a moving average before the last epoch")
+    need(_is_int(c.knn, 0), f"knn must be an int >= 0, got {c.knn!r}")
+    need(c.knn_start is None or _is_int(c.knn_start, 0), f"knn_start must be None or an int >= 0, got {c.knn_start!r}")
+    need(not (c.uses_knn and c.knn == 0), f"invariance {c.invariance} needs knn >= 1")
+    need(c.lr_new >= 0 and c.lr_backbone >= 0, "learning rates must be >= 0")
+    need(0.0 <= c.dropout < 1.0, f"dropout must lie in [0, 1), got {c.dropout}")
+    need(0.0 <= c.random_erasing <= 1.0, f"random_erasing must lie in [0, 1], got {c.random_erasing}")
+    need(c.step_epoch is None or _is_int(c.step_epoch, 1), f"step_epoch must be None or an int >= 1, got {c.step_epoch!r}")
+    need(c.max_steps is None or _is_int(c.max_steps, 1), f"max_steps must be None or an int >= 1, got {c.max_steps!r}")
+    need(_is_int(c.eval_every, 0), f"eval_every must be an int >= 0, got {c.eval_every!r}")
+    need(c.camstyle in CAMSTYLE_SOURCES, f"camstyle={c.camstyle!r}: choose one of {', '.join(CAMSTYLE_SOURCES)}")
+    need(_is_int(c.seed, 0), f"seed must be an int >= 0, got {c.seed!r}")
+    need(_is_int(c.num_workers, 0), f"num_workers must be >= 0, got {c.num_workers!r}")
+    need(isinstance(c.device, str) and bool(c.device), f"device must be 'auto', 'cpu', 'cuda', ..., got {c.device!r}")
+    if c.device != "auto":
+        try:
+            resolve_device(c.device)
+        except ValueError as err:
+            if "not a torch device" in str(err):
+                raise ValueError(f"ECNConfig: {err}") from None
+    need(all(math.isfinite(v) for v in (c.lam, c.beta, c.alpha)), "lam, beta and alpha must be finite")

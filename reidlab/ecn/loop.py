@@ -1,0 +1,362 @@
+"""The training loop: ECN's step, one epoch, and the supervised source baseline that shares it.
+
+One ECN step, as in the published ``trainers.py`` (notebook 10 writes it out)::
+
+    source batch (images, ids)   -> logits   -> L_src = cross-entropy
+    target batch (images, index) -> tgt_feat -> L_tgt = InvarianceLoss(tgt_feat, index, epoch)
+    loss = (1 - lam) * L_src + lam * L_tgt          (lam = 0.3)
+
+Which weighting: the paper's final loss is a convex combination, ``(1 - lam) * L_src + lam *
+L_tgt`` with ``lam`` in (0, 1] (its Sec. 3.5; reading notes on the paper remark on exactly this,
+a linear combination rather than the usual sum), and the published code computes the same
+(``loss = (1 - self.lmd) * source_pid_loss + self.lmd * loss_un``). Without a target loss (the
+``'source-only'`` switch, and :func:`train_source`) ``L_src`` is trained alone with weight 1.
+
+:func:`run_epoch` is the one loop: :func:`train_source` (notebooks 06-08) calls it without a
+target, :func:`ecn_epoch` (used by :func:`reidlab.ecn.run.train_ecn`) with one. It never asks the
+GPU for a number inside the loop except every ``check_every`` steps, to catch a non-finite
+loss: per-step losses stay on the device until the epoch ends.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..memory import knn_precision
+from ..models import param_groups
+from .config import scaled_schedule
+
+__all__ = [
+    "split_batch",
+    "make_optimizer",
+    "ecn_loss",
+    "run_epoch",
+    "train_source",
+    "epoch_seed",
+    "seed_epoch",
+    "ecn_epoch",
+]
+
+#: Steps between finiteness checks of the loss on CUDA (each check waits for the GPU). On the
+#: CPU every step is checked, so a non-finite loss stops training before its step is taken.
+CUDA_CHECK_EVERY = 50
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, identity labels)`` from a loader's batch.
+
+    Accepts the tuples of :class:`reidlab.data.loaders.ImageDataset` (``img, pid, camid,
+    index``), plain ``(images, labels)`` pairs, or a mapping with ``'img'``/``'image'`` and
+    ``'pid'``/``'label'`` keys.
+    """
+    if isinstance(batch, Mapping):
+        img = batch.get("img", batch.get("image"))
+        pid = batch.get("pid", batch.get("label"))
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        img, pid = batch[0], batch[1]
+    else:
+        img = pid = None
+    if not isinstance(img, torch.Tensor) or not isinstance(pid, torch.Tensor):
+        raise TypeError(
+            "a training batch must be (images, labels, ...) or a dict with 'img' and 'pid' tensors, "
+            f"got {type(batch).__name__}"
+        )
+    return img, pid
+
+
+def make_optimizer(
+    model: nn.Module,
+    *,
+    lr_backbone: float,
+    lr_new: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = True,
+) -> torch.optim.SGD:
+    """ECN's optimizer: SGD, Nesterov momentum 0.9, weight decay 5e-4, two learning rates
+    (:func:`reidlab.models.param_groups`: the pretrained backbone and the new layers)."""
+    return torch.optim.SGD(
+        param_groups(model, lr_backbone, lr_new), lr=lr_new, momentum=momentum,
+        weight_decay=weight_decay, nesterov=nesterov,
+    )
+
+
+def ecn_loss(loss_src: torch.Tensor, loss_tgt: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """ECN's total loss: ``(1 - lam) * loss_src + lam * loss_tgt``; ``loss_src`` alone without a target loss."""
+    if loss_tgt is None:
+        return loss_src
+    return (1.0 - lam) * loss_src + lam * loss_tgt
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, Mapping):
+        if "logits" not in out:
+            raise KeyError("the model returned a dict without 'logits'")
+        return out["logits"]
+    return out
+
+
+def _check_finite(
+    totals: list[torch.Tensor], src: list[torch.Tensor], tgt: list[torch.Tensor], start: int, desc: str, epoch: int
+) -> float:
+    """The last total loss; ``FloatingPointError`` naming the first non-finite one from step ``start`` on.
+
+    One device synchronisation for all the steps checked at once.
+    """
+    recent = torch.stack(totals[start:]).cpu()
+    bad = (~torch.isfinite(recent)).nonzero()
+    if len(bad):
+        step = start + int(bad[0, 0])
+        parts = f"source {float(src[step]):.4g}" + (f", target {float(tgt[step]):.4g}" if tgt else "")
+        raise FloatingPointError(
+            f"{desc} loss is {float(totals[step])} at epoch {epoch}, step {step} ({parts}); "
+            "lower the learning rates or check the data"
+        )
+    return float(recent[-1])
+
+
+def run_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    *,
+    device: torch.device,
+    criterion: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    next_target: Callable[[], Any] | None = None,
+    epoch: int = 0,
+    lam: float = 0.0,
+    amp: bool = False,
+    label_smoothing: float = 0.0,
+    bar: Any = None,
+    desc: str = "training",
+    check_every: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``batches`` for one pass; return the epoch's losses and accuracy.
+
+    Each step: cross-entropy on the source batch; with a ``criterion``, also its loss on the
+    target batch ``next_target()`` returns (``(images, indices)``) at ``epoch``, combined by
+    :func:`ecn_loss`; then ``zero_grad``, ``backward`` (which also updates the memory of an
+    :class:`reidlab.memory.InvarianceLoss`) and ``step``.
+
+    Returns ``loss_src``, ``loss_tgt`` (``None`` without a criterion) and ``acc_src`` (means
+    over the epoch's samples), ``step_loss`` (every step's total loss), ``steps`` and
+    ``seconds``. Raises ``FloatingPointError`` naming the first step with a non-finite loss,
+    checked every ``check_every`` steps (default: every step on the CPU, where it costs
+    nothing, so training stops before that step is taken; every :data:`CUDA_CHECK_EVERY` steps
+    on CUDA, where each check waits for the GPU), and ``ValueError`` when ``batches`` yields
+    nothing.
+    """
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
+    src_losses: list[torch.Tensor] = []
+    tgt_losses: list[torch.Tensor] = []
+    totals: list[torch.Tensor] = []
+    correct: list[torch.Tensor] = []
+    sizes: list[int] = []
+    checked = 0  # steps whose loss is known to be finite
+    t0 = time.perf_counter()
+    model.train()
+    for step, batch in enumerate(batches):
+        img, pid = split_batch(batch)
+        img, pid = img.to(device, non_blocking=True), pid.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = _logits(model(img))
+        loss_src = F.cross_entropy(logits.float(), pid, label_smoothing=label_smoothing)
+        loss_tgt = None
+        if criterion is not None:
+            t_img, t_idx = (t.to(device, non_blocking=True) for t in next_target()[:2])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                tgt_feat = model(t_img)["tgt_feat"]
+            loss_tgt = criterion(tgt_feat.float(), t_idx, epoch)
+            tgt_losses.append(loss_tgt.detach())
+        loss = ecn_loss(loss_src, loss_tgt, lam)
+        src_losses.append(loss_src.detach())
+        totals.append(loss.detach())
+        if len(totals) - checked >= check_every:
+            last = _check_finite(totals, src_losses, tgt_losses, checked, desc, epoch)
+            checked = len(totals)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last:.3f}", refresh=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # with an InvarianceLoss: also updates the memory rows of this target batch
+        optimizer.step()
+        correct.append((logits.detach().argmax(1) == pid).sum())
+        sizes.append(pid.numel())
+        if bar is not None:
+            bar.update(1)
+    if not sizes:
+        raise ValueError("the loader yielded no batch (with drop_last=True it needs at least one full batch)")
+    if checked < len(totals):
+        _check_finite(totals, src_losses, tgt_losses, checked, desc, epoch)
+    n = torch.tensor(sizes, dtype=torch.float64)
+    mean = lambda xs: float((torch.stack(xs).double().cpu() * n).sum() / n.sum())  # noqa: E731
+    return {
+        "loss_src": mean(src_losses),
+        "loss_tgt": mean(tgt_losses) if criterion is not None else None,
+        "acc_src": float(torch.stack(correct).sum().cpu()) / sum(sizes),
+        "step_loss": torch.stack(totals).cpu().tolist(),
+        "steps": len(sizes),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_source(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    epochs: int,
+    lr_backbone: float,
+    lr_new: float,
+    device: str | torch.device = "cpu",
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.0,
+    amp: bool = False,
+    progress: bool = True,
+    desc: str = "source",
+) -> dict[str, list[float]]:
+    """Train ``model`` to classify the source identities (ECN's source branch alone); return the history.
+
+    Parameters
+    ----------
+    model:
+        Returns logits, or a dict with ``'logits'`` in train mode (:class:`reidlab.models.ReIDNet`).
+        Its ``train()`` is called at every epoch, so frozen BN layers must survive that
+        (ReIDNet's do).
+    loader:
+        Yields batches accepted by :func:`split_batch`; one epoch is one pass.
+    epochs, lr_backbone, lr_new:
+        Length of training and the two learning rates (ECN: 60 epochs, 0.01, 0.1).
+    step_size:
+        Multiply both learning rates by ``gamma`` every ``step_size`` epochs; ``None`` uses
+        ECN's step scaled to ``epochs`` (:func:`reidlab.ecn.config.scaled_schedule`: epoch 40 of 60),
+        the same rule as :func:`reidlab.ecn.train_ecn`.
+    label_smoothing:
+        Passed to the cross-entropy (0: ECN's plain cross-entropy; 0.1: the strong baseline).
+    amp:
+        bf16 autocast, on CUDA only (ignored on the CPU so CPU runs stay exact).
+    progress:
+        Show a tqdm bar per epoch with the running loss.
+
+    Returns
+    -------
+    dict
+        ``'loss'`` and ``'acc'`` (mean training loss and accuracy per epoch), ``'lr'``
+        (the new layers' rate per epoch) and ``'step_loss'`` (every step's loss).
+
+    Notes
+    -----
+    Deterministic on the CPU for a fixed seed and loader order; a non-finite loss stops
+    training with a ``FloatingPointError`` instead of silently wrecking the weights.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if step_size is None:
+        step_size = scaled_schedule(epochs)[1]
+    if step_size < 1:
+        raise ValueError(f"step_size must be >= 1, got {step_size}")
+    device = torch.device(device)
+    model.to(device)
+    optimizer = make_optimizer(model, lr_backbone=lr_backbone, lr_new=lr_new, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    history: dict[str, list[float]] = {"loss": [], "acc": [], "lr": [], "step_loss": []}
+    for epoch in range(epochs):
+        total = len(loader) if hasattr(loader, "__len__") else None
+        with tqdm(total=total, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False) as bar:
+            row = run_epoch(
+                model, optimizer, loader, device=device, epoch=epoch, amp=amp and device.type == "cuda",
+                label_smoothing=label_smoothing, bar=bar, desc=desc,
+            )
+        history["loss"].append(row["loss_src"])
+        history["acc"].append(row["acc_src"])
+        history["lr"].append(optimizer.param_groups[-1]["lr"])
+        history["step_loss"].extend(row["step_loss"])
+        scheduler.step()
+    return history
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 32-bit seed for (run seed, epoch, stream), well mixed (NumPy's ``SeedSequence``).
+
+    Every random draw of an epoch derives from it, so an epoch is a function of the run's
+    seed, its number and the state the previous epoch left (weights, optimizer, memory): a
+    run resumed from a checkpoint repeats exactly what the uninterrupted run would have done.
+    """
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
+
+
+def seed_epoch(seed: int, epoch: int, loaders: Sequence[Any]) -> None:
+    """Reseed Python's, NumPy's and PyTorch's generators and each loader's own generator for ``epoch``."""
+    s = epoch_seed(seed, epoch, 0)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    for i, loader in enumerate(loaders, start=1):
+        gen = getattr(loader, "generator", None)
+        if gen is not None:
+            gen.manual_seed(epoch_seed(seed, epoch, i))
+
+
+def _cycle(loader: Any) -> Callable[[], Any]:
+    """``next_target`` for :func:`run_epoch`: the loader's next batch, restarting it when exhausted
+    (ECN cycles the target set, whose size differs from the source's)."""
+    it: Iterator | None = None
+
+    def next_batch() -> Any:
+        nonlocal it
+        for _ in range(2):
+            if it is not None:
+                try:
+                    return next(it)
+                except StopIteration:
+                    pass
+            it = iter(loader)
+        raise ValueError(
+            "the target loader yields no batch: fewer target training images than batch_size (with drop_last)"
+        )
+
+    return next_batch
+
+
+def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> dict[str, Any]:
+    """One ECN epoch of :func:`reidlab.ecn.train_ecn`: one pass over the source loader (or
+    ``config.max_steps``), the target cycled; returns the row ``log.csv`` gets.
+
+    ``parts`` is the :class:`reidlab.ecn.run.ECNParts` of the run. Every generator is reseeded
+    from ``(config.seed, epoch)`` first (:func:`seed_epoch`), so the epoch depends only on the
+    state a checkpoint holds. ``knn_precision`` measures the memory against the target's
+    hidden true identities (never used for training).
+    """
+    seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train])
+    steps = len(parts.source_train) if config.max_steps is None else min(len(parts.source_train), config.max_steps)
+    if steps == 0:
+        raise ValueError(
+            f"the source loader yields no batch: fewer source training images than batch_size={config.batch_size}"
+        )
+    lr = parts.optimizer.param_groups[-1]["lr"]
+    crit = parts.criterion
+    desc = f"ECN {config.invariance} epoch {epoch + 1}/{config.epochs}"
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        row = run_epoch(
+            parts.model, parts.optimizer, itertools.islice(parts.source_train, steps), device=parts.device,
+            criterion=crit, next_target=_cycle(parts.target_train) if crit is not None else None, epoch=epoch,
+            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN",
+        )
+    knn = None
+    if crit is not None and 1 <= config.knn < len(parts.true_ids):
+        knn = float(knn_precision(crit.memory, parts.true_ids.to(crit.memory.device), config.knn))
+    return {
+        "epoch": epoch, "loss_src": row["loss_src"], "loss_tgt": row["loss_tgt"], "acc_src": row["acc_src"],
+        "lr": lr, "knn_precision": knn, "seconds": row["seconds"], "rank1": None, "mAP": None,
+    }

@@ -1,0 +1,44 @@
+"""Checker of notebook 00 (``notebooks/00_overview.ipynb``): its example exercise, a softmax with temperature.
+
+Imported by the notebook as ``from reidlab.lessons.checks import nb00 as checks``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, expect_close, fail, passed
+
+__all__ = ["ExerciseError", "check_softmax_temperature"]
+
+
+def _softmax_t(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(scores / temperature, dim=-1)
+
+
+@checker
+def check_softmax_temperature(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """Notebook 00: ``fn(scores, temperature)`` must return softmax(scores / temperature) over the last dim."""
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0]])
+    out = fn(scores.clone(), 1.0)
+    out = as_tensor(out, "softmax(scores, 1.0)")
+    if out.shape == scores.shape and torch.allclose(out.sum(-1), torch.ones(2), atol=1e-4):
+        pass
+    elif out.shape == scores.shape and torch.allclose(out.sum(0), torch.ones(4), atol=1e-4):
+        fail("each column sums to 1: normalise over the last dimension (dim=-1), one distribution per row")
+    elif out.shape == scores.shape:
+        fail("the rows do not sum to 1: divide exp(scores / T) by its sum over the last dimension")
+    expect_close(out, _softmax_t(scores, 1.0), name="softmax(scores, 1.0)")
+    for t in (0.05, 5.0):
+        got = as_tensor(fn(scores.clone(), t), f"softmax(scores, {t})")
+        if torch.allclose(got.to(scores.dtype), _softmax_t(scores, 1 / t), atol=1e-4):
+            fail(f"with T={t} you computed softmax(scores * T): the temperature divides the scores")
+        if torch.isnan(got).any():
+            fail(f"NaN at T={t}: subtract the row maximum before exp() to avoid overflow")
+        expect_close(got, _softmax_t(scores, t), name=f"softmax(scores, {t})", hint="divide the scores by T")
+    big = torch.tensor([[1000.0, 999.0]])
+    got = as_tensor(fn(big, 1.0), "softmax([[1000, 999]], 1.0)")
+    if not torch.isfinite(got).all():
+        fail("exp(1000) overflows to inf: subtract each row's maximum before exp() (the result is unchanged)")
+    passed("softmax with temperature, stable for large scores")
