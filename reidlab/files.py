@@ -9,16 +9,21 @@
 """
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 DATA_ENV = "REIDLAB_DATA_DIR"
 
-__all__ = ["DATA_ENV", "data_dir", "atomic_write", "atomic_save", "atomic_write_text"]
+__all__ = [
+    "DATA_ENV", "DiskFullError", "data_dir", "atomic_write", "atomic_save", "atomic_write_text", "remove_stale_temporaries",
+]
 
 
 def data_dir() -> Path:
@@ -36,35 +41,75 @@ def data_dir() -> Path:
     return Path.home() / ".cache" / "reidlab"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
+class DiskFullError(OSError):
+    """Writing a file failed because the disk (or the quota) is full; the previous file is intact."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
     The rename is atomic on POSIX and Windows (same folder, ``os.replace``), so readers see
-    the old file or the new one. The temporary file is removed if ``write`` fails.
+    the old file or the new one; the fsync before it (and of the folder after it) makes sure a
+    power cut cannot leave a renamed but empty file. The temporary file (``<name>.<random>.tmp``,
+    see :func:`remove_stale_temporaries`) is removed if ``write`` fails. A full disk raises
+    :class:`DiskFullError` naming the file, with the previous version left in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = DiskFullError(f"disk full while writing {path}; the previous version is kept")
+            full.errno = err.errno
+            raise full from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write` of ``folder/<name>`` left behind.
+
+    Only files named ``<name>.<random>.tmp`` for the given ``names`` are touched. Returns them.
+    """
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for p in folder.glob(f"{glob.escape(name)}.*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` through :func:`atomic_write`."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` through :func:`atomic_write`."""
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -46,7 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Smallest norm the memory update divides by (a zero row stays zero instead of becoming NaN).
+NORM_EPS = 1e-12
+
 __all__ = [
+    "NORM_EPS",
     "InvarianceLoss",
     "memory_update_",
     "memory_update_loop_",
@@ -82,6 +86,12 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
     (:func:`memory_update_loop_`): the second occurrence sees the row the first one wrote.
     A batch of distinct indices takes a single round.
 
+    Two guards the published code lacks, so that one bad batch cannot poison every later
+    step: a row whose feature has a NaN or an infinity is left as it was, and the
+    normalisation divides by ``max(norm, NORM_EPS)``, so an all-zero feature at epoch 0 writes
+    a zero row instead of 0/0 = NaN. For every other row the result is bit-identical to
+    :func:`memory_update_loop_`.
+
     Returns ``memory`` (for chaining).
     """
     if not 0.0 <= rate <= 1.0:
@@ -104,8 +114,11 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
             sel = rank == r
             idx, feats = indices[sel], features[sel]
         # two products and a sum, as the published code writes it (bit-identical results)
-        rows = memory.index_select(0, idx).mul_(rate).add_(feats * (1.0 - rate))
-        rows.div_(rows.norm(dim=1, keepdim=True))
+        old = memory.index_select(0, idx)
+        rows = old.clone().mul_(rate).add_(feats * (1.0 - rate))
+        rows.div_(rows.norm(dim=1, keepdim=True).clamp_min_(NORM_EPS))  # a zero row stays zero, not 0/0
+        # a non-finite feature never enters the memory (its loss is non-finite: the trainer stops)
+        rows = torch.where(torch.isfinite(feats).all(dim=1, keepdim=True), rows, old)
         memory.index_copy_(0, idx, rows)
     return memory
 

@@ -167,6 +167,12 @@ def _check_args(num_classes, arch, num_features, dropout, neck, last_stride, fre
         raise ValueError(f"test_feature={test_feature!r}: choose one of {', '.join(_TEST_FEATURES)}")
 
 
+def _is_backbone_key(key: str) -> bool:
+    """A state_dict key of a ResNet backbone, bare (torchvision) or under ``base.`` (ReIDNet), ``module.`` stripped."""
+    k = key.removeprefix("module.").removeprefix("base.")
+    return k.split(".", 1)[0] in _STAGES
+
+
 def build_backbone(
     arch: str, weights: torchvision.models.WeightsEnum | str | None = None, last_stride: int = 2
 ) -> tuple[nn.Module, int]:
@@ -277,23 +283,30 @@ class ReIDNet(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _load_pretrained_file(self, path: str) -> None:
-        """Load a local weights file into the backbone; an IBN-a backbone must get every tensor."""
+        """Load a local weights file into the backbone, which must get every tensor.
+
+        A file of another architecture (a ResNet-50 file for a ResNet-18, a plain ResNet for an
+        IBN-a one) would fill the few tensors whose shapes happen to match and leave the rest
+        random; that is refused, naming the tensors left unset.
+        """
         report = self.load_param(path)
         if not report.loaded:
             raise ValueError(f"pretrained file {path} holds no tensor that fits {self.arch}: {report.skipped}")
-        if self.arch not in IBN_ARCHS:
-            return
         loaded = set(report.loaded)
         missing = [
             k for k in self.state_dict()
             if k.startswith("base.") and k not in loaded and not k.endswith("num_batches_tracked")
         ]
-        if missing:
-            shown = ", ".join(missing[:6]) + (f", ... ({len(missing) - 6} more)" if len(missing) > 6 else "")
-            raise ValueError(
-                f"pretrained file {path} leaves {len(missing)} backbone tensors of {self.arch} unset: {shown}. "
-                f"Is it the weight file of another network (a plain ResNet, IBN-b)?"
-            )
+        surplus = [k for k, why in report.skipped.items() if why != "classifier" and _is_backbone_key(k)]
+        others = "a plain ResNet, IBN-b" if self.arch in IBN_ARCHS else "another depth, an IBN-a ResNet"
+        for problem, keys in (("leaves {n} backbone tensors of {arch} unset", missing),
+                              ("holds {n} backbone tensors {arch} has no place for", surplus)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys) - 6} more)" if len(keys) > 6 else "")
+                raise ValueError(
+                    f"pretrained file {path} {problem.format(n=len(keys), arch=self.arch)}: {shown}. "
+                    f"Is it the weight file of another network ({others})?"
+                )
 
     # --- freezing ------------------------------------------------------------------------
 
@@ -382,7 +395,11 @@ def load_matching(
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no weights file at {path}")
-        source = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"cannot read weights file {path} as a state_dict: {type(err).__name__}: {first}") from None
         if isinstance(source, Mapping) and "state_dict" in source and isinstance(source["state_dict"], Mapping):
             source = source["state_dict"]
     if not isinstance(source, Mapping):

@@ -33,6 +33,7 @@ and the writer and the parser cannot drift apart. Notebook 08 introduces the lay
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -162,8 +163,15 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _split_of(path: str) -> str:
+    """Which split an image belongs to, from its folder (for error messages)."""
+    folder = Path(path).parent.name
+    names = {TRAIN_DIR: "train", QUERY_DIR: "query", GALLERY_DIR: "gallery", CAMSTYLE_DIR: "CamStyle"}
+    return f"{names[folder]} split, {folder}/" if folder in names else f"folder {folder}/"
+
+
 def read_image(path: str) -> Image.Image:
-    """Open an image as RGB, with the path in the error if it cannot be read.
+    """Open an image as RGB, with the path and its split in the error if it cannot be read.
 
     The file is closed before returning (``convert`` loads the pixels), so a loader that
     reads thousands of images never runs out of file handles.
@@ -171,14 +179,15 @@ def read_image(path: str) -> Image.Image:
     Raises
     ------
     FileNotFoundError
-        ``image not found: <path>``.
+        ``image not found: <path> (<split>)``.
     OSError
-        ``cannot read image <path>: ...`` for a truncated or non-image file.
+        ``cannot read image <path> (<split>): ...`` for a truncated, empty or non-image file.
     """
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
+        raise FileNotFoundError(f"image not found: {path} ({_split_of(path)})") from None
     except OSError as err:
-        raise OSError(f"cannot read image {path}: {err}") from None
+        reason = "the file is empty" if os.path.isfile(path) and os.path.getsize(path) == 0 else str(err)
+        raise OSError(f"cannot read image {path} ({_split_of(path)}): {reason}") from None

@@ -7,12 +7,14 @@ runs it.
 * :mod:`reidlab.ecn.loop` -- the ECN step and one epoch (:func:`run_epoch`), and
   :func:`train_source`, the supervised source baseline that shares that loop;
 * :mod:`reidlab.ecn.run` -- :func:`train_ecn`: build, train, checkpoint, resume, log;
+* :mod:`reidlab.ecn.rundir` -- the run folder: checks, a lock, checkpoints and logs, nothing lost;
 * :mod:`reidlab.ecn.cli` -- the command line, one flag per setting.
 """
 from .cli import main
 from .config import INVARIANCES, ECNConfig, scaled_schedule
 from .loop import ecn_loss, make_optimizer, run_epoch, split_batch, train_source
-from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_checkpoint, load_domains, train_ecn
+from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_domains, train_ecn
+from .rundir import load_checkpoint
 
 __all__ = [
     "INVARIANCES",

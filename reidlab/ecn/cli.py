@@ -5,16 +5,21 @@ the dataclass's fields and their help texts, so a default lives in one place: an
 takes the profile's size or ECN's published value. ``--profile`` picks the sizes (``ci``,
 ``laptop``, ``gpu``); ``--out`` the run folder.
 
-Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input (missing data dir or
-dataset, mismatched checkpoint, bad setting, non-finite loss) with a one-line ``error: ...`` on
-stderr; 130 when interrupted (rerun the same command to resume).
+Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input or a failing
+environment (missing data dir or dataset, unreadable image, mismatched checkpoint, bad setting,
+non-finite loss, an output folder in use or not writable, a full disk) with a one-line
+``error: ...`` on stderr; 130 when interrupted (rerun the same command to resume). Warnings
+come as ``warning: ...`` lines, notes (an old run moved aside) as ``note: ...``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +28,7 @@ from torch import nn
 from .config import INVARIANCES, PROFILE_KEYS, ECNConfig
 from .run import train_ecn
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "one_line", "main"]
 
 _NONE = ("none", "null")
 
@@ -35,7 +40,8 @@ def _converter(kind: Callable[[str], Any], optional: bool, name: str) -> Callabl
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: expected a {kind.__name__}, got {text!r}")
+            what = {"int": "an integer", "float": "a number"}.get(kind.__name__, kind.__name__)
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
     return convert
 
@@ -100,6 +106,33 @@ def _epoch_line(config: ECNConfig, epoch: int, row: dict) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error raised in a DataLoader worker arrives wrapped
+    in the worker's traceback; its last line is the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split()) or type(err).__name__
+
+
+@contextlib.contextmanager
+def _console() -> Iterator[None]:
+    """Warnings as ``warning: ...`` lines, and the package's log messages as ``note: ...`` lines, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("reidlab")
+    logger.addHandler(handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Train (or resume) ECN from command-line arguments; return the exit code (see the module docstring)."""
     parser = build_parser()
@@ -108,20 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage and the error
         return int(exc.code or 0)
     try:
-        config = config_from_args(args)
-        if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
-            raise FileNotFoundError(f"data dir not found: {config.data_dir}")
+        with _console():
+            config = config_from_args(args)
+            if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
+                raise FileNotFoundError(f"data dir not found: {config.data_dir}")
 
-        def report(epoch: int, model: nn.Module, criterion: Any, row: dict) -> None:
-            if not args.quiet:
-                print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
+            def report(epoch: int, model: nn.Module, criterion: Any, row: dict) -> None:
+                if not args.quiet:
+                    print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
 
-        result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
+            result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume from {args.out}/checkpoint.pt", file=sys.stderr)
         return 130
-    except (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    except (OSError, ValueError, FloatingPointError) as err:  # OSError: missing files, unreadable images, full disk
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     m = result.metrics
     src = f"; source rank-1 {_pct(m['source_rank1'])} mAP {_pct(m['source_mAP'])}" if "source_rank1" in m else ""

@@ -31,6 +31,7 @@ __all__ = [
     "RESUME_FREE_KEYS",
     "PROFILE_KEYS",
     "scaled_schedule",
+    "knn_warning",
     "ECNConfig",
 ]
 
@@ -50,8 +51,12 @@ ECN_EPOCHS, ECN_DECAY_EPOCH, ECN_KNN_EPOCH = 60, 40, 5
 
 #: Settings that may differ between a checkpoint and the run resuming it: they change how a
 #: run is executed or reported, not what it computes on the CPU.
+#: Not among them: ``num_workers`` (data-loader workers draw the augmentations from their own
+#: seeds, so the batches of a resumed run would differ) and ``amp`` (bf16 changes every number).
+#: ``device`` and ``channels_last`` are: moving a run to another device changes its numbers only
+#: at float precision.
 RESUME_FREE_KEYS: frozenset[str] = frozenset(
-    {"eval_every", "eval_source", "device", "num_workers", "data_dir", "cache_images", "amp", "channels_last", "profile"}
+    {"eval_every", "eval_source", "device", "data_dir", "cache_images", "channels_last", "profile"}
 )
 
 #: The settings a profile (``ci`` / ``laptop`` / ``gpu``, :mod:`reidlab.profiles`) decides.
@@ -224,32 +229,56 @@ def _is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+#: Every float setting: (low, high, low inclusive, high inclusive), all finite.
+_FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lam": (0.0, 1.0, True, True),  # weights (1 - lam) and lam
+    "beta": (0.0, math.inf, False, False),  # a temperature
+    "alpha": (0.0, 1.0, True, True),  # a moving-average weight per epoch
+    "lr_new": (0.0, math.inf, True, False),
+    "lr_backbone": (0.0, math.inf, True, False),
+    "momentum": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "gamma": (0.0, 1.0, False, True),  # a decay factor
+    "dropout": (0.0, 1.0, True, False),
+    "random_erasing": (0.0, 1.0, True, True),  # a probability
+}
+
+
+def _in_range(value: Any, low: float, high: float, low_in: bool, high_in: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+
+
+def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"a finite number {'>=' if low_in else '>'} {low:g}"
+    return f"a number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
 def _validate(c: ECNConfig) -> None:
-    """Raise ``ValueError`` naming the first bad setting of ``c``."""
+    """Raise ``ValueError`` naming the first bad setting of ``c`` (every number finite and in its range)."""
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise ValueError(f"ECNConfig: {msg}")
 
+    for name, bounds in _FLOAT_RANGES.items():
+        need(_in_range(getattr(c, name), *bounds), f"{name} must be {_range_text(*bounds)}, got {getattr(c, name)!r}")
     for name in ("height", "width", "epochs", "num_features"):
         need(_is_int(getattr(c, name), 1), f"{name} must be a positive int, got {getattr(c, name)!r}")
     need(_is_int(c.batch_size, 2),
          f"batch_size must be an int >= 2 (BatchNorm needs more than one sample), got {c.batch_size!r}")
-    need(0.0 <= c.lam <= 1.0, f"lam must lie in [0, 1] (weights (1 - lam) and lam), got {c.lam}")
-    need(c.beta > 0, f"beta (a temperature) must be > 0, got {c.beta}")
-    need(c.alpha >= 0, f"alpha must be >= 0, got {c.alpha}")
     need(c.alpha * (c.epochs - 1) <= 1.0,
          f"alpha * (epochs - 1) = {c.alpha * (c.epochs - 1):g} > 1: the memory update would stop being "
          "a moving average before the last epoch")
     need(_is_int(c.knn, 0), f"knn must be an int >= 0, got {c.knn!r}")
     need(c.knn_start is None or _is_int(c.knn_start, 0), f"knn_start must be None or an int >= 0, got {c.knn_start!r}")
     need(not (c.uses_knn and c.knn == 0), f"invariance {c.invariance} needs knn >= 1")
-    need(c.lr_new >= 0 and c.lr_backbone >= 0, "learning rates must be >= 0")
-    need(0.0 <= c.dropout < 1.0, f"dropout must lie in [0, 1), got {c.dropout}")
-    need(0.0 <= c.random_erasing <= 1.0, f"random_erasing must lie in [0, 1], got {c.random_erasing}")
     need(c.step_epoch is None or _is_int(c.step_epoch, 1), f"step_epoch must be None or an int >= 1, got {c.step_epoch!r}")
     need(c.max_steps is None or _is_int(c.max_steps, 1), f"max_steps must be None or an int >= 1, got {c.max_steps!r}")
     need(_is_int(c.eval_every, 0), f"eval_every must be an int >= 0, got {c.eval_every!r}")
+    need(_is_int(c.synth_seed, 0), f"synth_seed must be an int >= 0, got {c.synth_seed!r}")
     need(c.camstyle in CAMSTYLE_SOURCES, f"camstyle={c.camstyle!r}: choose one of {', '.join(CAMSTYLE_SOURCES)}")
     need(_is_int(c.seed, 0), f"seed must be an int >= 0, got {c.seed!r}")
     need(_is_int(c.num_workers, 0), f"num_workers must be >= 0, got {c.num_workers!r}")
@@ -258,6 +287,20 @@ def _validate(c: ECNConfig) -> None:
         try:
             resolve_device(c.device)
         except ValueError as err:
-            if "not a torch device" in str(err):
+            if "not a torch device" in str(err):  # a CUDA device on a CPU machine is checked when the run starts
                 raise ValueError(f"ECNConfig: {err}") from None
-    need(all(math.isfinite(v) for v in (c.lam, c.beta, c.alpha)), "lam, beta and alpha must be finite")
+
+
+def knn_warning(c: ECNConfig) -> str | None:
+    """Why the neighbourhood term of ``c`` would never be used, or None.
+
+    With N in the invariance but a kNN start at or after the last epoch, the run trains
+    E (or E+C) while its name says E+N: :func:`reidlab.ecn.train_ecn` warns.
+    """
+    if c.uses_knn and c.knn_epoch >= c.epochs:
+        return (
+            f"invariance {c.invariance} but the kNN target starts at epoch {c.knn_epoch} of a {c.epochs}-epoch run "
+            f"(epochs 0..{c.epochs - 1}): it never starts, so this run trains "
+            f"{c.invariance.replace('+N', '')}; lower knn_start or train longer"
+        )
+    return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -147,6 +148,9 @@ def run_epoch(
     :func:`ecn_loss`; then ``zero_grad``, ``backward`` (which also updates the memory of an
     :class:`reidlab.memory.InvarianceLoss`) and ``step``.
 
+    A batch of a single sample (a loader's last, incomplete batch) is skipped with a warning when
+    the model trains BatchNorm layers, which cannot normalise one sample.
+
     Returns ``loss_src``, ``loss_tgt`` (``None`` without a criterion) and ``acc_src`` (means
     over the epoch's samples), ``step_loss`` (every step's total loss), ``steps`` and
     ``seconds``. Raises ``FloatingPointError`` naming the first step with a non-finite loss,
@@ -165,8 +169,16 @@ def run_epoch(
     checked = 0  # steps whose loss is known to be finite
     t0 = time.perf_counter()
     model.train()
+    trains_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
     for step, batch in enumerate(batches):
         img, pid = split_batch(batch)
+        if trains_bn and pid.numel() < 2:
+            warnings.warn(
+                f"{desc}: skipped a batch of {pid.numel()} sample at epoch {epoch}, step {step}: BatchNorm cannot "
+                "train on a single sample; build the loader with drop_last=True to drop such a last batch",
+                UserWarning, stacklevel=2,
+            )
+            continue
         img, pid = img.to(device, non_blocking=True), pid.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = _logits(model(img))

@@ -9,8 +9,6 @@ run killed after epoch k and resumed ends with the same bits as an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import warnings
@@ -26,29 +24,33 @@ from ..data.datasets import ReIDDataset, load_reid_dataset
 from ..data.loaders import ImageDataset, make_loader, make_reid_loaders
 from ..data.transforms import build_test_transform
 from ..evaluation import evaluate_rank, extract_features, pairwise_distance
-from ..files import atomic_save, atomic_write_text
+from ..files import atomic_write_text
 from ..memory import InvarianceLoss
 from ..models import ReIDNet
 from ..runtime import resolve_device, seed_everything
-from .config import RESUME_FREE_KEYS, ECNConfig
+from .config import ECNConfig, knn_warning
 from .loop import ecn_epoch, make_optimizer
+from .rundir import (
+    check_out_dir,
+    check_resumable,
+    load_checkpoint,
+    load_state,
+    move_aside,
+    prepare,
+    run_lock,
+    save_checkpoint,
+    write_logs,
+)
 
 __all__ = [
-    "CHECKPOINT_VERSION",
-    "LOG_COLUMNS",
     "ECNParts",
     "ECNResult",
     "load_domains",
     "build_ecn",
     "evaluate_model",
-    "load_checkpoint",
     "train_ecn",
 ]
 
-CHECKPOINT_VERSION = 2  # 2: knn_start replaces knn_epoch among the settings
-LOG_COLUMNS: tuple[str, ...] = (
-    "epoch", "loss_src", "loss_tgt", "acc_src", "lr", "knn_precision", "seconds", "rank1", "mAP",
-)
 
 
 @dataclass
@@ -200,91 +202,6 @@ def evaluate_model(
     }
 
 
-# --- checkpoints and logs ---------------------------------------------------------------------
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a :func:`train_ecn` checkpoint with ``weights_only=True`` (tensors and primitives only)."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION or "config" not in ckpt:
-        raise ValueError(f"{path} is not a reidlab ECN checkpoint (version {CHECKPOINT_VERSION})")
-    return ckpt
-
-
-def config_differences(saved: Mapping[str, Any], config: ECNConfig) -> list[str]:
-    """The settings (outside :data:`reidlab.ecn.config.RESUME_FREE_KEYS`) in which ``saved`` and ``config`` differ."""
-    now = config.to_dict()
-    keys = sorted((set(saved) | set(now)) - RESUME_FREE_KEYS)
-    return [k for k in keys if saved.get(k, "<missing>") != now.get(k, "<missing>")]
-
-
-def _check_resumable(ckpt: Mapping[str, Any], config: ECNConfig, path: Path) -> None:
-    diff = config_differences(ckpt["config"], config)
-    if diff:
-        shown = ", ".join(
-            f"{k} ({ckpt['config'].get(k, '<missing>')!r} in the checkpoint, {getattr(config, k, '<missing>')!r} now)"
-            for k in diff
-        )
-        raise ValueError(
-            f"checkpoint {path} was written with different settings: {shown}; "
-            "use the same settings to resume, another output folder, or --no-resume (resume=False) to start over"
-        )
-
-
-def _load_state(module: Any, state: Any, what: str, path: Path) -> None:
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"checkpoint {path} does not fit this run's {what} (a different model shape or data?): {first}"
-        ) from None
-
-
-def _restore(parts: ECNParts, ckpt: Mapping[str, Any], path: Path, shapes: Mapping[str, int]) -> None:
-    for key, now in shapes.items():
-        if key in ckpt and ckpt[key] != now:
-            raise ValueError(
-                f"checkpoint {path} does not fit this data: {key} {ckpt[key]} in the checkpoint, {now} now "
-                "(a different model shape: was the dataset changed?)"
-            )
-    _load_state(parts.model, ckpt["model"], "model", path)
-    if parts.criterion is not None:
-        _load_state(parts.criterion, ckpt["criterion"], "memory", path)
-    _load_state(parts.optimizer, ckpt["optimizer"], "optimizer", path)
-    _load_state(parts.scheduler, ckpt["scheduler"], "LR schedule", path)
-
-
-def _save_checkpoint(path: Path, parts: ECNParts, config: ECNConfig, epoch: int, history: list, metrics: dict,
-                     shapes: Mapping[str, int]) -> None:
-    atomic_save(
-        {
-            "version": CHECKPOINT_VERSION, "epoch": epoch, "config": config.to_dict(), **shapes,
-            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "criterion": parts.criterion.state_dict() if parts.criterion is not None else {},
-            "history": history, "metrics": metrics,
-        },
-        path,
-    )
-
-
-def _write_logs(out: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LOG_COLUMNS)
-    for row in history:
-        writer.writerow(["" if row.get(c) is None else row.get(c) for c in LOG_COLUMNS])
-    atomic_write_text(out / "log.csv", buf.getvalue())
-    atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
-
-
 @contextlib.contextmanager
 def _backend_flags(device: torch.device) -> Iterator[None]:
     """cudnn.benchmark on CUDA; deterministic algorithms on the CPU; both restored afterwards."""
@@ -305,14 +222,29 @@ def _backend_flags(device: torch.device) -> Iterator[None]:
             torch.use_deterministic_algorithms(prev_on, warn_only=prev_warn)
 
 
+def _restore(parts: ECNParts, ckpt: Mapping[str, Any], path: Path, shapes: Mapping[str, int]) -> None:
+    for key, now in shapes.items():
+        if ckpt[key] != now:
+            raise ValueError(
+                f"checkpoint {path} does not fit this data: {key} {ckpt[key]} in the checkpoint, {now} now "
+                "(a different model shape: was the dataset changed?)"
+            )
+    load_state(parts.model, ckpt["model"], "model", path)
+    if parts.criterion is not None:
+        load_state(parts.criterion, ckpt["criterion"], "memory", path)
+    load_state(parts.optimizer, ckpt["optimizer"], "optimizer", path)
+    load_state(parts.scheduler, ckpt["scheduler"], "LR schedule", path)
+
+
 # --- the trainer ------------------------------------------------------------------------------
 
 
-def _evaluate_epoch(parts: ECNParts, config: ECNConfig, epoch: int, row: dict) -> dict[str, float]:
-    """Fill ``row``'s rank-1/mAP when this epoch is evaluated; return the final metrics after the last."""
+def _evaluate_epoch(parts: ECNParts, config: ECNConfig, epoch: int, row: dict) -> dict[str, float] | None:
+    """Evaluate after ``epoch`` when it is due: fill ``row``'s rank-1/mAP; return the final metrics
+    after the last epoch, ``{}`` after another evaluated one, ``None`` when nothing was evaluated."""
     last = epoch == config.epochs - 1
     if not (last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
-        return {}
+        return None
     res = evaluate_model(parts.model, parts.query, parts.gallery, device=parts.device, amp=parts.amp)
     row["rank1"], row["mAP"] = res["rank1"], res["mAP"]
     if not last:
@@ -324,33 +256,47 @@ def _evaluate_epoch(parts: ECNParts, config: ECNConfig, epoch: int, row: dict) -
 
 
 def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResult:
-    """The result of a run whose checkpoint already holds its last epoch: no data is loaded."""
+    """The result of a run whose checkpoint already holds its last epoch and metrics: no data is loaded."""
     device = resolve_device(config.device)
     model, criterion = _build_model(
         config.replace(pretrained=None), ckpt["num_classes"], ckpt["num_samples"], device
     )
-    _load_state(model, ckpt["model"], "model", out / "checkpoint.pt")
+    load_state(model, ckpt["model"], "model", out / "checkpoint.pt")
     if criterion is not None:
-        _load_state(criterion, ckpt["criterion"], "memory", out / "checkpoint.pt")
+        load_state(criterion, ckpt["criterion"], "memory", out / "checkpoint.pt")
     model.eval()
     history, metrics = [dict(r) for r in ckpt["history"]], dict(ckpt["metrics"])
-    _write_logs(out, history)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_logs(out, history, metrics)
     return ECNResult(config=config, history=history, metrics=metrics, model=model, criterion=criterion, out_dir=out)
 
 
-def _prepare_out(out: Path, config: ECNConfig, resume: bool) -> dict[str, Any] | None:
-    """Create ``out``; return the checkpoint to resume from (checked against ``config``), if any."""
-    out.mkdir(parents=True, exist_ok=True)
+def _train_epochs(parts: ECNParts, config: ECNConfig, out: Path, history: list, shapes: Mapping[str, int],
+                  progress: bool, callback: EpochCallback | None) -> dict[str, float]:
+    """Train the epochs ``history`` does not hold yet; return the final metrics.
+
+    Each epoch is checkpointed *before* it is evaluated, so an evaluation that fails (an
+    unreadable gallery image) costs no training: a rerun resumes and only evaluates again.
+    """
     ckpt_path = out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt, config, ckpt_path)
-        return ckpt
-    if not resume:
-        for name in ("checkpoint.pt", "metrics.json", "log.csv", "history.json"):
-            (out / name).unlink(missing_ok=True)
-    return None
+    metrics: dict[str, float] = {}
+    for epoch in range(len(history), config.epochs):
+        row = ecn_epoch(parts, config, epoch, progress=progress)
+        parts.scheduler.step()
+        history.append(row)
+        save_checkpoint(ckpt_path, parts, config, epoch, history, {}, shapes)
+        write_logs(out, history)
+        evaluated = _evaluate_epoch(parts, config, epoch, row)
+        if evaluated is not None:
+            metrics = evaluated
+            save_checkpoint(ckpt_path, parts, config, epoch, history, metrics, shapes)
+            write_logs(out, history, metrics)
+        if callback is not None:
+            callback(epoch, parts.model, parts.criterion, dict(row))
+    if not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
+        metrics = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
+        save_checkpoint(ckpt_path, parts, config, config.epochs - 1, history, metrics, shapes)
+        write_logs(out, history, metrics)
+    return metrics
 
 
 def train_ecn(
@@ -368,17 +314,19 @@ def train_ecn(
     config:
         An :class:`ECNConfig` (or its dict).
     out_dir:
-        Gets ``checkpoint.pt`` (written atomically after every epoch, read with
-        ``weights_only=True``), ``log.csv`` and ``history.json`` (one row per epoch:
-        ``epoch`` (0-based, as the memory counts), ``loss_src``, ``loss_tgt``, ``acc_src``,
-        ``lr`` (new layers), ``knn_precision`` (of the memory against the target's true ids,
-        which training never sees), ``seconds`` (training time), ``rank1`` and ``mAP`` when
-        evaluated), ``metrics.json`` (final test metrics) and ``config.json``.
+        The run folder (:mod:`reidlab.ecn.rundir`). Gets ``checkpoint.pt`` (written
+        atomically after every epoch, read with ``weights_only=True``), ``log.csv`` and
+        ``history.json`` (one row per epoch: ``epoch`` (0-based, as the memory counts),
+        ``loss_src``, ``loss_tgt``, ``acc_src``, ``lr`` (new layers), ``knn_precision`` (of the
+        memory against the target's true ids, which training never sees), ``seconds``
+        (training time), ``rank1`` and ``mAP`` when evaluated), ``metrics.json`` (final test
+        metrics) and ``config.json``. A second run on the same folder is refused while one runs.
     resume:
         Continue from ``out_dir/checkpoint.pt`` when it exists (a finished run is returned
         without loading any data or training). Its settings must equal ``config`` except
         those in :data:`reidlab.ecn.config.RESUME_FREE_KEYS`; otherwise ``ValueError`` names
-        the differing ones. ``False`` starts over and replaces what ``out_dir`` holds.
+        the differing ones. ``False`` starts over: once the settings and the data have been
+        checked, the previous run's files are moved into ``out_dir/replaced-<time>/``.
     progress:
         A tqdm bar per epoch.
     callback:
@@ -392,39 +340,38 @@ def train_ecn(
     (:func:`reidlab.ecn.loop.epoch_seed`) and restarts the target loader, so an epoch depends
     only on the state the checkpoint holds. On CUDA, cuDNN autotuning and atomics make runs
     differ slightly. A non-finite loss raises ``FloatingPointError`` before the epoch's
-    checkpoint is written (so the last checkpoint stays clean). The global torch flags it
-    sets (deterministic algorithms on the CPU, cuDNN autotuning on CUDA) are restored on return.
+    checkpoint is written (so the last checkpoint stays clean); a full disk raises
+    :class:`reidlab.files.DiskFullError` and keeps the last good checkpoint. The global torch
+    flags it sets (deterministic algorithms on the CPU, cuDNN autotuning on CUDA) are restored
+    on return. A configuration whose kNN target would never start warns (:func:`knn_warning`).
     """
     # a copy, validated again: an ECNConfig is a plain dataclass whose fields can be edited after creation
     config = ECNConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
-    out = Path(out_dir).expanduser()
-    ckpt = _prepare_out(out, config, resume)
-    if ckpt is not None and int(ckpt["epoch"]) == config.epochs - 1 and ckpt.get("metrics"):
-        return _finished(ckpt, config, out)
-    device = resolve_device(config.device)
-    source, target = load_domains(config)
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
-    shapes = {"num_classes": source.num_train_pids, "num_samples": len(target.train)}
-    with _backend_flags(device):
-        seed_everything(config.seed)
-        parts = build_ecn(config, source, target, device)
-        history: list[dict[str, Any]] = []
-        metrics: dict[str, float] = {}
-        if ckpt is not None:
-            _restore(parts, ckpt, out / "checkpoint.pt", shapes)
-            history = [dict(r) for r in ckpt["history"]]
-        for epoch in range(len(history), config.epochs):
-            row = ecn_epoch(parts, config, epoch, progress=progress)
-            parts.scheduler.step()
-            metrics = _evaluate_epoch(parts, config, epoch, row)
-            history.append(row)
-            _save_checkpoint(out / "checkpoint.pt", parts, config, epoch, history, metrics, shapes)
-            _write_logs(out, history)
-            if callback is not None:
-                callback(epoch, parts.model, parts.criterion, dict(row))
-        if not metrics:  # resumed from the last epoch's checkpoint of a run stopped before its evaluation
-            metrics = _evaluate_epoch(parts, config, config.epochs - 1, dict(history[-1]))
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    out = check_out_dir(out_dir)
+    with run_lock(out):
+        prepare(out)
+        ckpt = None
+        if resume and (out / "checkpoint.pt").exists():
+            ckpt = load_checkpoint(out / "checkpoint.pt")
+            check_resumable(ckpt, config, out / "checkpoint.pt")
+            if int(ckpt["epoch"]) == config.epochs - 1 and ckpt["metrics"]:
+                return _finished(ckpt, config, out)
+        device = resolve_device(config.device)
+        source, target = load_domains(config)  # everything is checked before an old run is moved aside
+        if (reason := knn_warning(config)) is not None:
+            warnings.warn(reason, UserWarning, stacklevel=2)
+        if not resume:
+            move_aside(out)
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+        shapes = {"num_classes": source.num_train_pids, "num_samples": len(target.train)}
+        with _backend_flags(device):
+            seed_everything(config.seed)
+            parts = build_ecn(config, source, target, device)
+            history: list[dict[str, Any]] = []
+            if ckpt is not None:
+                _restore(parts, ckpt, out / "checkpoint.pt", shapes)
+                history = [dict(r) for r in ckpt["history"]]
+            metrics = _train_epochs(parts, config, out, history, shapes, progress, callback)
     parts.model.eval()
     return ECNResult(
         config=config, history=history, metrics=metrics, model=parts.model, criterion=parts.criterion, out_dir=out
