@@ -40,6 +40,7 @@ contains an index more than once gives exactly what the reference's sequential l
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -156,9 +157,10 @@ class _ExemplarMemory(torch.autograd.Function):
     """``logits = features @ memory.T``; backward returns the features' gradient, then updates."""
 
     @staticmethod
-    def forward(ctx: Any, features: torch.Tensor, indices: torch.Tensor, memory: torch.Tensor, rate: float) -> torch.Tensor:
+    def forward(ctx: Any, features: torch.Tensor, indices: torch.Tensor, memory: torch.Tensor, rate: float,
+                gather: Any) -> torch.Tensor:
         ctx.save_for_backward(features, indices)
-        ctx.memory, ctx.rate = memory, rate
+        ctx.memory, ctx.rate, ctx.gather = memory, rate, gather
         return features.to(memory.dtype) @ memory.t()
 
     @staticmethod
@@ -174,8 +176,10 @@ class _ExemplarMemory(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # The memory as it was in forward: the update below comes after.
             grad_features = (grad_logits.to(ctx.memory.dtype) @ ctx.memory).to(features.dtype)
+        if ctx.gather is not None:  # several processes: every copy of the memory sees every process's batch
+            features, indices = ctx.gather(features.detach()), ctx.gather(indices)
         memory_update_(ctx.memory, indices, features, ctx.rate)
-        return grad_features, None, None, None
+        return grad_features, None, None, None, None
 
 
 class InvarianceLoss(nn.Module):
@@ -233,6 +237,10 @@ class InvarianceLoss(nn.Module):
         self.num_samples, self.num_features = num_samples, num_features
         self.beta, self.knn, self.alpha, self.knn_epoch = beta, knn, alpha, knn_epoch
         self.register_buffer("memory", torch.zeros(num_samples, num_features))
+        #: With several processes (notebook 11): a function returning every process's tensor, concatenated
+        #: in rank order (:func:`reidlab.distributed.all_gather_cat`), applied to the features and indices
+        #: before the memory update, so every process's memory stays identical. ``None``: one process.
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._pending: weakref.ref | None = None  # the last call's backward node, until it has run
 
     def __getstate__(self) -> dict[str, Any]:
@@ -273,7 +281,7 @@ class InvarianceLoss(nn.Module):
             raise ValueError(f"alpha*epoch = {rate:g} > 1: the memory update would not be a moving average")
         self._check_no_pending_update()
         with torch.autocast(features.device.type, enabled=False):
-            raw = _ExemplarMemory.apply(features, indices, self.memory, rate)
+            raw = _ExemplarMemory.apply(features, indices, self.memory, rate, self.gather)
             self._pending = weakref.ref(raw.grad_fn) if raw.grad_fn is not None else None
             logits = raw / self.beta
             if self.uses_knn(epoch):

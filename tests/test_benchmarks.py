@@ -37,3 +37,12 @@ def test_bench_ecn_step_runs_all_three_configurations(capsys):
     out = capsys.readouterr().out
     for label in ("paper code", "ours", "plain backbone", "speed-up ours / paper", "ECN overhead"):
         assert label in out
+
+
+def test_bench_ddp_runs_one_and_two_processes(capsys):
+    bench = _load("bench_ddp")
+    args = ["--procs", "1", "2", "--arch", "resnet18", "--height", "32", "--width", "16", "--batch", "4",
+            "--num-target", "20", "--num-features", "16", "--steps", "1", "--warmup", "1"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 process: " in out and "2 processes: " in out and "memory all-gather" in out

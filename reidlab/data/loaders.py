@@ -39,7 +39,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .camstyle import CameraColorStats, camera_color_stats, transfer_camera_style
 from .datasets import ReIDDataset
@@ -53,6 +53,7 @@ __all__ = [
     "ColorStyleTargetDataset",
     "CAMSTYLE_MODES",
     "target_train_dataset",
+    "ShardSampler",
     "make_loader",
     "ReIDLoaders",
     "make_reid_loaders",
@@ -362,6 +363,37 @@ class CacheFillingLoader(DataLoader):
         return super().__iter__()
 
 
+class ShardSampler(Sampler[int]):
+    """This process's share of a shuffled pass: every process draws the same permutation, then keeps
+    every ``world_size``-th index from position ``rank`` (notebook 11).
+
+    The shares are disjoint and equally long (``len(dataset) // world_size``), so an epoch is
+    still one pass over the data however many processes share it. The permutation comes from
+    the sampler's own generator, reseeded by the trainer every epoch with the same seed on every
+    process (:meth:`set_seed`); the loader's generator, different on each process, only seeds
+    the data-loader workers, so each process augments its images with its own random draws.
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} does not fit world_size {world_size}")
+        if num_samples < world_size:
+            raise ValueError(f"{num_samples} samples cannot be shared by {world_size} processes")
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+        self.generator = torch.Generator()
+        self.set_seed(seed)
+
+    def set_seed(self, seed: int) -> None:
+        self.generator.manual_seed(int(seed))
+
+    def __iter__(self) -> Iterator[int]:
+        perm = torch.randperm(self.num_samples, generator=self.generator)
+        return iter(perm[self.rank :: self.world_size][: len(self)].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -372,6 +404,7 @@ def make_loader(
     drop_last: bool = False,
     device: str | torch.device = "cpu",
     persistent_workers: bool | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader:
     """A :class:`CacheFillingLoader` with an explicit generator; ``pin_memory`` only for a CUDA ``device``.
 
@@ -382,7 +415,8 @@ def make_loader(
     alive between epochs; they are then seeded only once, so a trainer that reseeds
     ``loader.generator`` every epoch to make each epoch reproducible on its own (exact
     resume) passes ``False``. A dataset built with ``cache=True`` is decoded once, before the
-    first epoch's workers start (:class:`CacheFillingLoader`).
+    first epoch's workers start (:class:`CacheFillingLoader`). ``shard=(rank, world_size)``
+    makes a shuffled loader yield only this process's share (:class:`ShardSampler`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -390,10 +424,16 @@ def make_loader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     gen = torch.Generator()
     gen.manual_seed(int(seed))
+    sampler = None
+    if shard is not None and shard[1] > 1:
+        if not shuffle:
+            raise ValueError("shard= is for shuffled training loaders; test loaders are read whole by one process")
+        sampler, shuffle = ShardSampler(len(dataset), *shard, seed=seed), False
     return CacheFillingLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop_last,
@@ -426,6 +466,7 @@ def make_reid_loaders(
     cache: bool = False,
     persistent_workers: bool | None = None,
     test_batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ReIDLoaders:
     """Source train (labelled), target train (index, CamStyle per ``camstyle``), target query/gallery.
 
@@ -434,7 +475,9 @@ def make_reid_loaders(
     default ``'auto'`` like :func:`target_train_dataset` and ECN's trainer) picks the target
     training set. The target loader's seed is ``seed + 1``, so the two domains are not
     shuffled alike. ``cache=True`` caches decoded images in every dataset (each image decoded
-    once per run, see the module docstring).
+    once per run, see the module docstring). ``shard=(rank, world_size)`` gives each of several
+    processes its share of the two training sets (:class:`ShardSampler`); ``batch_size`` is then
+    the per-process batch.
     """
     train_tf = build_train_transform(height, width, random_erasing=random_erasing)
     test_tf = build_test_transform(height, width)
@@ -443,8 +486,8 @@ def make_reid_loaders(
     kw = dict(num_workers=num_workers, device=device, persistent_workers=persistent_workers)
     test_bs = test_batch_size or batch_size
     return ReIDLoaders(
-        make_loader(src, batch_size, shuffle=True, drop_last=True, seed=seed, **kw),
-        make_loader(tgt, batch_size, shuffle=True, drop_last=True, seed=seed + 1, **kw),
+        make_loader(src, batch_size, shuffle=True, drop_last=True, seed=seed, shard=shard, **kw),
+        make_loader(tgt, batch_size, shuffle=True, drop_last=True, seed=seed + 1, shard=shard, **kw),
         make_loader(ImageDataset(target.query, test_tf, cache=cache), test_bs, seed=seed, **kw),
         make_loader(ImageDataset(target.gallery, test_tf, cache=cache), test_bs, seed=seed, **kw),
     )

@@ -5,6 +5,10 @@ the dataclass's fields and their help texts, so a default lives in one place: an
 takes the profile's size or ECN's published value. ``--profile`` picks the sizes (``ci``,
 ``laptop``, ``gpu``); ``--out`` the run folder.
 
+Under ``torchrun --nproc-per-node N -m reidlab.ecn ...`` the same command trains with N processes
+(DistributedDataParallel; gloo on the CPU, NCCL on CUDA): ``--batch-size`` stays the global batch,
+shared out; ``--sync-bn`` synchronises the BN layers that train; only rank 0 writes and speaks.
+
 Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input or a failing
 environment (missing data dir or dataset, unreadable image, mismatched checkpoint, bad setting,
 non-finite loss, an output folder in use or not writable, a full disk) with a one-line
@@ -25,12 +29,15 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..distributed import env_info
 from .config import INVARIANCES, PROFILE_KEYS, ECNConfig
 from .run import train_ecn
 
 __all__ = ["build_parser", "config_from_args", "one_line", "main"]
 
 _NONE = ("none", "null")
+#: Settings that are not flags: ``--profile`` picks the sizes; torchrun sets the number of processes.
+NOT_FLAGS = ("profile", "world_size")
 
 
 def _converter(kind: Callable[[str], Any], optional: bool, name: str) -> Callable[[str], Any]:
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     group = p.add_argument_group("settings (ECNConfig; an omitted flag keeps the profile's or ECN's value)")
     for f in dataclasses.fields(ECNConfig):
-        if f.name != "profile":
+        if f.name not in NOT_FLAGS:
             _add_setting(group, f)
     return p
 
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ECNConfig:
     """The profile's ECNConfig with every setting flag that was given (settings default to
     ``argparse.SUPPRESS``, so the namespace holds only those; ``none`` sets an optional one to None)."""
-    names = {f.name for f in dataclasses.fields(ECNConfig)} - {"profile"}  # --profile picks the sizes
+    names = {f.name for f in dataclasses.fields(ECNConfig)} - set(NOT_FLAGS)
     overrides = {k: v for k, v in vars(args).items() if k in names}
     return ECNConfig.from_profile(args.profile, **overrides)
 
@@ -117,15 +124,18 @@ def one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _console() -> Iterator[None]:
-    """Warnings as ``warning: ...`` lines, and the package's log messages as ``note: ...`` lines, on stderr."""
+def _console(main_process: bool = True) -> Iterator[None]:
+    """Warnings as ``warning: ...`` lines, and the package's log messages as ``note: ...`` lines, on stderr.
+
+    Under torchrun only rank 0 speaks (errors excepted): N copies of each line say nothing more.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("note: %(message)s"))
     handler.setLevel(logging.WARNING)
     logger = logging.getLogger("reidlab")
     logger.addHandler(handler)
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("default" if main_process else "ignore")
         warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
         try:
             yield
@@ -141,13 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage and the error
         return int(exc.code or 0)
     try:
-        with _console():
+        info = env_info()
+        with _console(info.is_main):
             config = config_from_args(args)
             if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
                 raise FileNotFoundError(f"data dir not found: {config.data_dir}")
 
             def report(epoch: int, model: nn.Module, criterion: Any, row: dict) -> None:
-                if not args.quiet:
+                if not args.quiet:  # (train_ecn calls it on rank 0 only)
                     print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
 
             result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
@@ -157,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, FloatingPointError) as err:  # OSError: missing files, unreadable images, full disk
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    if not info.is_main:
+        return 0
     m = result.metrics
     src = f"; source rank-1 {_pct(m['source_rank1'])} mAP {_pct(m['source_mAP'])}" if "source_rank1" in m else ""
     print(

@@ -30,6 +30,7 @@ __all__ = [
     "ECN_KNN_EPOCH",
     "RESUME_FREE_KEYS",
     "PROFILE_KEYS",
+    "DERIVED_KEYS",
     "scaled_schedule",
     "knn_warning",
     "ECNConfig",
@@ -58,6 +59,9 @@ ECN_EPOCHS, ECN_DECAY_EPOCH, ECN_KNN_EPOCH = 60, 40, 5
 RESUME_FREE_KEYS: frozenset[str] = frozenset(
     {"eval_every", "eval_source", "device", "data_dir", "cache_images", "channels_last", "profile"}
 )
+
+#: Values computed from the settings that ``config.json`` also records, for a reader.
+DERIVED_KEYS: tuple[str, ...] = ("batch_per_process", "decay_epoch", "knn_epoch")
 
 #: The settings a profile (``ci`` / ``laptop`` / ``gpu``, :mod:`reidlab.profiles`) decides.
 PROFILE_KEYS: tuple[str, ...] = (
@@ -114,7 +118,7 @@ class ECNConfig:
     synth_scale: str = _setting("market", "size of a synthetic world: tiny | small | market")
     synth_seed: int = _setting(0, "seed of a synthetic world")
     # network
-    arch: str = _setting("resnet50", "backbone: resnet18/34/50/101 or resnet18/34/50_ibn_a")
+    arch: str = _setting("resnet50", "backbone: resnet18/34/50 or resnet18/34/50_ibn_a")
     pretrained: str | None = _setting(None, "initial weights: a torchvision weights name (IMAGENET1K_V1) or a file")
     num_features: int = _setting(4096, "width of the embedding (ECN: FC-4096 + BN)")
     dropout: float = _setting(0.5, "dropout before the classifiers")
@@ -151,7 +155,9 @@ class ECNConfig:
     device: str = _setting("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _setting(True, "bf16 autocast (CUDA only)")
     channels_last: bool = _setting(True, "channels_last memory format (CUDA only)")
-    num_workers: int = _setting(8, "data-loader worker processes")
+    num_workers: int = _setting(8, "data-loader worker processes (per training process)")
+    sync_bn: bool = _setting(False, "with several processes: synchronise the BN layers that train (SyncBatchNorm)")
+    world_size: int = _setting(1, "number of training processes (set from torchrun's WORLD_SIZE, not a flag)")
     cache_images: bool = _setting(True, "keep decoded images in memory")
     profile: str | None = _setting(None, "the profile the sizes came from (a label)")
 
@@ -177,13 +183,18 @@ class ECNConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ECNConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict` (also reads ``config.json``); unknown keys raise ``ValueError``."""
+        data = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
         _check_names(data)
-        return cls(**dict(data))
+        return cls(**data)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-serialisable): what checkpoints and ``config.json`` hold."""
-        return dataclasses.asdict(self)
+    def to_dict(self, *, derived: bool = False) -> dict[str, Any]:
+        """A plain dict (JSON-serialisable): what checkpoints hold; ``derived=True`` adds
+        :data:`DERIVED_KEYS` (``config.json`` has them, for a reader)."""
+        out = dataclasses.asdict(self)
+        if derived:
+            out.update({k: getattr(self, k) for k in DERIVED_KEYS})
+        return out
 
     def replace(self, **changes: Any) -> ECNConfig:
         """A copy with ``changes`` applied (and validated); derived epochs follow a new ``epochs``."""
@@ -199,6 +210,11 @@ class ECNConfig:
     def knn_epoch(self) -> int:
         """The first epoch (0-based) of the kNN target (ECN: 5 of 60; used only with N)."""
         return self.knn_start if self.knn_start is not None else scaled_schedule(self.epochs)[0]
+
+    @property
+    def batch_per_process(self) -> int:
+        """Images of each domain per step and process: ``batch_size`` is the global batch, shared out."""
+        return self.batch_size // self.world_size
 
     @property
     def uses_target(self) -> bool:
@@ -282,6 +298,10 @@ def _validate(c: ECNConfig) -> None:
     need(c.camstyle in CAMSTYLE_SOURCES, f"camstyle={c.camstyle!r}: choose one of {', '.join(CAMSTYLE_SOURCES)}")
     need(_is_int(c.seed, 0), f"seed must be an int >= 0, got {c.seed!r}")
     need(_is_int(c.num_workers, 0), f"num_workers must be >= 0, got {c.num_workers!r}")
+    need(_is_int(c.world_size, 1), f"world_size must be an int >= 1, got {c.world_size!r}")
+    need(c.batch_size % c.world_size == 0 and c.batch_size // c.world_size >= 2,
+         f"batch_size {c.batch_size} cannot be shared by {c.world_size} processes: it must be a multiple of the "
+         f"number of processes, with at least 2 images each (BatchNorm)")
     need(isinstance(c.device, str) and bool(c.device), f"device must be 'auto', 'cpu', 'cuda', ..., got {c.device!r}")
     if c.device != "auto":
         try:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.loaders import ShardSampler
 from ..memory import knn_precision
 from ..models import param_groups
 from .config import scaled_schedule
@@ -40,6 +41,7 @@ __all__ = [
     "split_batch",
     "make_optimizer",
     "ecn_loss",
+    "ECNForward",
     "run_epoch",
     "train_source",
     "epoch_seed",
@@ -106,6 +108,29 @@ def _logits(out: Any) -> torch.Tensor:
     return out
 
 
+class ECNForward(nn.Module):
+    """One step's forward passes: the source batch, then the target batch, as two separate calls.
+
+    ECN feeds the two domains through the network separately (so in training every BN layer
+    normalises each domain with its own batch statistics, notebook 10). Wrapping both calls in one
+    module gives DistributedDataParallel the one forward per step it expects. The target batch is
+    fetched by calling ``next_target`` *after* the source forward, the order of ECN's trainer (it
+    matters for the random draws of dropout and data augmentation).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, img: torch.Tensor, next_target: Callable[[], Any] | None = None):
+        """``(source output, target features 'tgt_feat' or None, target indices or None)``."""
+        out = self.model(img)
+        if next_target is None:
+            return out, None, None
+        t_img, t_idx = next_target()[:2]
+        return out, self.model(t_img.to(img.device, non_blocking=True))["tgt_feat"], t_idx
+
+
 def _check_finite(
     totals: list[torch.Tensor], src: list[torch.Tensor], tgt: list[torch.Tensor], start: int, desc: str, epoch: int
 ) -> float:
@@ -140,6 +165,7 @@ def run_epoch(
     bar: Any = None,
     desc: str = "training",
     check_every: int | None = None,
+    forward: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``batches`` for one pass; return the epoch's losses and accuracy.
 
@@ -147,6 +173,10 @@ def run_epoch(
     target batch ``next_target()`` returns (``(images, indices)``) at ``epoch``, combined by
     :func:`ecn_loss`; then ``zero_grad``, ``backward`` (which also updates the memory of an
     :class:`reidlab.memory.InvarianceLoss`) and ``step``.
+
+    The forward pass goes through ``forward`` (default: :class:`ECNForward` around ``model``),
+    one call per step for both batches, which is what DistributedDataParallel needs: the
+    distributed trainer passes its DDP-wrapped ``ECNForward``.
 
     A batch of a single sample (a loader's last, incomplete batch) is skipped with a warning when
     the model trains BatchNorm layers, which cannot normalise one sample.
@@ -168,7 +198,8 @@ def run_epoch(
     sizes: list[int] = []
     checked = 0  # steps whose loss is known to be finite
     t0 = time.perf_counter()
-    model.train()
+    net = forward if forward is not None else ECNForward(model)
+    net.train()
     trains_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
     for step, batch in enumerate(batches):
         img, pid = split_batch(batch)
@@ -181,14 +212,12 @@ def run_epoch(
             continue
         img, pid = img.to(device, non_blocking=True), pid.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = _logits(model(img))
+            out, tgt_feat, t_idx = net(img, next_target if criterion is not None else None)
+        logits = _logits(out)
         loss_src = F.cross_entropy(logits.float(), pid, label_smoothing=label_smoothing)
         loss_tgt = None
         if criterion is not None:
-            t_img, t_idx = (t.to(device, non_blocking=True) for t in next_target()[:2])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                tgt_feat = model(t_img)["tgt_feat"]
-            loss_tgt = criterion(tgt_feat.float(), t_idx, epoch)
+            loss_tgt = criterion(tgt_feat.float(), t_idx.to(device, non_blocking=True), epoch)
             tgt_losses.append(loss_tgt.detach())
         loss = ecn_loss(loss_src, loss_tgt, lam)
         src_losses.append(loss_src.detach())
@@ -298,26 +327,36 @@ def train_source(
     return history
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A 32-bit seed for (run seed, epoch, stream), well mixed (NumPy's ``SeedSequence``).
+def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
+    """A 32-bit seed for (run seed, epoch, stream[, process rank]), well mixed (NumPy's ``SeedSequence``).
 
     Every random draw of an epoch derives from it, so an epoch is a function of the run's
     seed, its number and the state the previous epoch left (weights, optimizer, memory): a
     run resumed from a checkpoint repeats exactly what the uninterrupted run would have done.
+    With several processes, each draws its own augmentations and dropout masks (``rank``);
+    rank 0 draws what a single process draws.
     """
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1)[0])
+    entropy = [int(seed), int(epoch), int(stream)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def seed_epoch(seed: int, epoch: int, loaders: Sequence[Any]) -> None:
-    """Reseed Python's, NumPy's and PyTorch's generators and each loader's own generator for ``epoch``."""
-    s = epoch_seed(seed, epoch, 0)
+def seed_epoch(seed: int, epoch: int, loaders: Sequence[Any], rank: int = 0) -> None:
+    """Reseed Python's, NumPy's and PyTorch's generators and each loader's own generators for ``epoch``.
+
+    A loader that shares its data between processes (:class:`reidlab.data.loaders.ShardSampler`)
+    gets the same permutation seed on every process, so the shares stay disjoint; everything
+    else is seeded per process.
+    """
+    s = epoch_seed(seed, epoch, 0, rank)
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
     for i, loader in enumerate(loaders, start=1):
-        gen = getattr(loader, "generator", None)
-        if gen is not None:
-            gen.manual_seed(epoch_seed(seed, epoch, i))
+        if loader is None:
+            continue
+        loader.generator.manual_seed(epoch_seed(seed, epoch, i, rank))
+        if isinstance(loader.sampler, ShardSampler):
+            loader.sampler.set_seed(epoch_seed(seed, epoch, i))
 
 
 def _cycle(loader: Any) -> Callable[[], Any]:
@@ -350,7 +389,7 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
     state a checkpoint holds. ``knn_precision`` measures the memory against the target's
     hidden true identities (never used for training).
     """
-    seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train])
+    seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train], rank=getattr(parts, "rank", 0))
     steps = len(parts.source_train) if config.max_steps is None else min(len(parts.source_train), config.max_steps)
     if steps == 0:
         raise ValueError(
@@ -363,7 +402,7 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
         row = run_epoch(
             parts.model, parts.optimizer, itertools.islice(parts.source_train, steps), device=parts.device,
             criterion=crit, next_target=_cycle(parts.target_train) if crit is not None else None, epoch=epoch,
-            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN",
+            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN", forward=getattr(parts, "forward", None),
         )
     knn = None
     if crit is not None and 1 <= config.knn < len(parts.true_ids):

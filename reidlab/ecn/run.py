@@ -19,17 +19,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.datasets import ReIDDataset, load_reid_dataset
 from ..data.loaders import ImageDataset, make_loader, make_reid_loaders
 from ..data.transforms import build_test_transform
+from ..distributed import DistInfo, all_gather_cat, barrier, init_from_env, main_first
 from ..evaluation import evaluate_rank, extract_features, pairwise_distance
 from ..files import atomic_write_text
 from ..memory import InvarianceLoss
 from ..models import ReIDNet
 from ..runtime import resolve_device, seed_everything
+from ..syncbn import convert_sync_bn
 from .config import ECNConfig, knn_warning
-from .loop import ecn_epoch, make_optimizer
+from .loop import ECNForward, ecn_epoch, make_optimizer
 from .rundir import (
     check_out_dir,
     check_resumable,
@@ -70,6 +73,8 @@ class ECNParts:
     device: torch.device
     amp: bool  # bf16 autocast in effect (CUDA and config.amp)
     true_ids: torch.Tensor  # hidden true identity of each target training image (measuring only)
+    forward: nn.Module | None = None  # several processes: the DDP-wrapped ECNForward; None: one process
+    rank: int = 0  # this process's rank (0 in a single process)
 
 
 @dataclass
@@ -127,7 +132,8 @@ def _build_model(config: ECNConfig, num_classes: int, num_samples: int, device: 
 
 
 def build_ecn(
-    config: ECNConfig, source: ReIDDataset, target: ReIDDataset, device: str | torch.device | None = None
+    config: ECNConfig, source: ReIDDataset, target: ReIDDataset, device: str | torch.device | None = None,
+    rank: int = 0,
 ) -> ECNParts:
     """Model, memory loss, optimizer, LR schedule and loaders of an ECN run.
 
@@ -141,6 +147,13 @@ def build_ecn(
       CamStyle folder or the colour stand-in), with no persistent workers so that reseeding
       the loaders' generators every epoch makes each epoch reproducible on its own.
 
+    With ``config.world_size > 1`` (inside a process group, as :func:`train_ecn` sets it up under
+    torchrun) the parts are this process's: ``config.batch_per_process`` images per step from
+    its share of each training set (:class:`reidlab.data.loaders.ShardSampler`), a memory that
+    gathers every process's batch before it updates (:func:`reidlab.distributed.all_gather_cat`),
+    the trainable BN layers synchronised with ``config.sync_bn``, and the step's forward pass
+    wrapped in DistributedDataParallel.
+
     The model's initial weights come from the global RNG: seed it first (``train_ecn`` does).
     """
     dev = resolve_device(config.device) if device is None else torch.device(device)
@@ -152,16 +165,17 @@ def build_ecn(
             stacklevel=2,
         )
     model, criterion = _build_model(config, source.num_train_pids, len(target.train), dev)
+    forward = _distribute(model, criterion, config, dev) if config.world_size > 1 else None
     optimizer = make_optimizer(
         model, lr_backbone=config.lr_backbone, lr_new=config.lr_new, momentum=config.momentum,
         weight_decay=config.weight_decay, nesterov=config.nesterov,
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[config.decay_epoch], gamma=config.gamma)
     loaders = make_reid_loaders(
-        source, target, height=config.height, width=config.width, batch_size=config.batch_size,
+        source, target, height=config.height, width=config.width, batch_size=config.batch_per_process,
         num_workers=config.num_workers, seed=config.seed, device=dev, camstyle=config.target_camstyle,
         random_erasing=config.random_erasing, cache=config.cache_images, persistent_workers=False,
-        test_batch_size=2 * config.batch_size,
+        test_batch_size=2 * config.batch_size, shard=(rank, config.world_size) if config.world_size > 1 else None,
     )
     src_q = src_g = None
     if config.eval_source:
@@ -174,8 +188,25 @@ def build_ecn(
         source_train=loaders.source_train, target_train=loaders.target_train if config.uses_target else None,
         query=loaders.query, gallery=loaders.gallery, source_query=src_q, source_gallery=src_g,
         device=dev, amp=bool(config.amp and dev.type == "cuda"),
-        true_ids=torch.as_tensor(list(target.train_original_pids), dtype=torch.long),
+        true_ids=torch.as_tensor(list(target.train_original_pids), dtype=torch.long), forward=forward, rank=rank,
     )
+
+
+def _distribute(model: nn.Module, criterion: InvarianceLoss | None, config: ECNConfig, dev: torch.device) -> nn.Module:
+    """Make ``model`` and ``criterion`` this process's share of a multi-process run; return the DDP forward.
+
+    SyncBN replaces only the BN layers that train: ``model.train()`` first pins the frozen
+    stages' BNs to eval, and those stay plain (they use running statistics, nothing to sync).
+    ECN's separate source and target passes stay separate under SyncBN: each synchronises over
+    every process's batch *of its own domain*, so each BN still normalises a domain with that
+    domain's (now global) batch statistics.
+    """
+    if config.sync_bn:
+        model.train()
+        convert_sync_bn(model, trainable_only=True)
+    if criterion is not None:
+        criterion.gather = all_gather_cat
+    return DistributedDataParallel(ECNForward(model), device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def evaluate_model(
@@ -272,31 +303,67 @@ def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResul
 
 def _train_epochs(parts: ECNParts, config: ECNConfig, out: Path, history: list, shapes: Mapping[str, int],
                   progress: bool, callback: EpochCallback | None) -> dict[str, float]:
-    """Train the epochs ``history`` does not hold yet; return the final metrics.
+    """Train the epochs ``history`` does not hold yet; return the final metrics (rank 0's; ``{}`` elsewhere).
 
     Each epoch is checkpointed *before* it is evaluated, so an evaluation that fails (an
     unreadable gallery image) costs no training: a rerun resumes and only evaluates again.
+    With several processes only rank 0 writes, evaluates and calls ``callback``.
     """
+    main = parts.rank == 0
     ckpt_path = out / "checkpoint.pt"
     metrics: dict[str, float] = {}
     for epoch in range(len(history), config.epochs):
-        row = ecn_epoch(parts, config, epoch, progress=progress)
+        row = ecn_epoch(parts, config, epoch, progress=progress and main)
         parts.scheduler.step()
         history.append(row)
-        save_checkpoint(ckpt_path, parts, config, epoch, history, {}, shapes)
-        write_logs(out, history)
-        evaluated = _evaluate_epoch(parts, config, epoch, row)
-        if evaluated is not None:
-            metrics = evaluated
-            save_checkpoint(ckpt_path, parts, config, epoch, history, metrics, shapes)
-            write_logs(out, history, metrics)
-        if callback is not None:
-            callback(epoch, parts.model, parts.criterion, dict(row))
-    if not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
+        if main:
+            save_checkpoint(ckpt_path, parts, config, epoch, history, {}, shapes)
+            write_logs(out, history)
+            evaluated = _evaluate_epoch(parts, config, epoch, row)
+            if evaluated is not None:
+                metrics = evaluated
+                save_checkpoint(ckpt_path, parts, config, epoch, history, metrics, shapes)
+                write_logs(out, history, metrics)
+            if callback is not None:
+                callback(epoch, parts.model, parts.criterion, dict(row))
+        barrier()
+    if main and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
         metrics = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
         save_checkpoint(ckpt_path, parts, config, config.epochs - 1, history, metrics, shapes)
         write_logs(out, history, metrics)
     return metrics
+
+
+def _open_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo, stack: contextlib.ExitStack):
+    """Lock the run folder and clean it (rank 0), then read the checkpoint to resume from, if any."""
+    if info.is_main:
+        stack.enter_context(run_lock(out))
+        prepare(out)
+    if not (resume and (out / "checkpoint.pt").exists()):
+        return None
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    check_resumable(ckpt, config, out / "checkpoint.pt")
+    return ckpt
+
+
+def _start_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo):
+    """Load (or generate) the data; then, on rank 0, announce a kNN term that never starts, move an
+    old run aside and write config.json. The data comes first: nothing is replaced before it loads."""
+    domains = load_domains(config)
+    if info.is_main:
+        if (reason := knn_warning(config)) is not None:
+            warnings.warn(reason, UserWarning, stacklevel=3)
+        if not resume:
+            move_aside(out)
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(derived=True), indent=1) + "\n")
+    return domains
+
+
+def _process_device(config: ECNConfig, info: DistInfo) -> torch.device:
+    device = resolve_device(config.device)
+    if info.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)  # one GPU per process
+    return device
 
 
 def train_ecn(
@@ -347,26 +414,18 @@ def train_ecn(
     """
     # a copy, validated again: an ECNConfig is a plain dataclass whose fields can be edited after creation
     config = ECNConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
-    out = check_out_dir(out_dir)
-    with run_lock(out):
-        prepare(out)
-        ckpt = None
-        if resume and (out / "checkpoint.pt").exists():
-            ckpt = load_checkpoint(out / "checkpoint.pt")
-            check_resumable(ckpt, config, out / "checkpoint.pt")
-            if int(ckpt["epoch"]) == config.epochs - 1 and ckpt["metrics"]:
-                return _finished(ckpt, config, out)
-        device = resolve_device(config.device)
-        source, target = load_domains(config)  # everything is checked before an old run is moved aside
-        if (reason := knn_warning(config)) is not None:
-            warnings.warn(reason, UserWarning, stacklevel=2)
-        if not resume:
-            move_aside(out)
-        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+    with init_from_env(resolve_device(config.device).type) as info, contextlib.ExitStack() as stack:
+        config = config.replace(world_size=info.world_size)  # checks that the batch can be shared out
+        out = main_first(lambda: check_out_dir(out_dir))
+        ckpt = main_first(lambda: _open_run(out, config, resume, info, stack))
+        if ckpt is not None and int(ckpt["epoch"]) == config.epochs - 1 and ckpt["metrics"]:
+            return _finished(ckpt, config, out)
+        device = _process_device(config, info)
+        source, target = main_first(lambda: _start_run(out, config, resume, info))
         shapes = {"num_classes": source.num_train_pids, "num_samples": len(target.train)}
         with _backend_flags(device):
             seed_everything(config.seed)
-            parts = build_ecn(config, source, target, device)
+            parts = build_ecn(config, source, target, device, rank=info.rank)
             history: list[dict[str, Any]] = []
             if ckpt is not None:
                 _restore(parts, ckpt, out / "checkpoint.pt", shapes)

@@ -177,8 +177,13 @@ def check_resumable(ckpt: Mapping[str, Any], config: ECNConfig, path: Path) -> N
             f"{k} ({ckpt['config'].get(k, '<missing>')!r} in the checkpoint, {getattr(config, k, '<missing>')!r} now)"
             for k in diff
         )
+        why = ""
+        if "world_size" in diff:
+            why = (" (a run cannot resume with another number of processes: each process's share of the data "
+                   "and the batch every BN layer sees would change; start it with the checkpoint's number, "
+                   "e.g. torchrun --nproc-per-node N)")
         raise ValueError(
-            f"checkpoint {path} was written with different settings: {shown}; "
+            f"checkpoint {path} was written with different settings: {shown}{why}; "
             "use the same settings to resume, another output folder, or --no-resume (resume=False) to start over"
         )
 

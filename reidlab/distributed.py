@@ -1,0 +1,129 @@
+"""Several processes, one training run: the few ``torch.distributed`` helpers the series needs.
+
+``torchrun --nproc-per-node N ...`` starts N copies of a program and tells each its place in the
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``).
+:func:`init_from_env` reads that and joins the process group (gloo on the CPU, NCCL on CUDA),
+with a timeout so that a crashed process makes the others fail instead of wait forever. Without
+those variables (a plain ``python`` run) it is a single process and nothing is initialised.
+
+:func:`all_gather_cat` is how ECN's exemplar memory stays identical on every process (notebook
+11): each step, every process contributes its target features and indices, and every process
+updates its memory copy with the concatenation, in rank order, which is exactly the update one
+process would make on the concatenated batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "env_info", "init_from_env", "all_gather_cat", "barrier", "main_first", "TIMEOUT_ENV"]
+
+#: Seconds a collective waits for the other processes before failing (default 600).
+TIMEOUT_ENV = "REIDLAB_DIST_TIMEOUT"
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank ``rank`` of ``world_size``, GPU ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes checkpoints and logs, and evaluates."""
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """The rank, world size and local rank torchrun put into the environment (a single process without them)."""
+    try:
+        info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                        int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+    if not 0 <= info.rank < info.world_size:
+        raise ValueError(f"RANK={info.rank} does not fit WORLD_SIZE={info.world_size}")
+    return info
+
+
+@contextlib.contextmanager
+def init_from_env(device_type: str) -> Iterator[DistInfo]:
+    """Join the process group torchrun describes, for the duration of the block; yield where we sit.
+
+    gloo for ``device_type='cpu'``, NCCL for ``'cuda'``; a group that is already initialised
+    (by the caller) is used as it is and left alone. The timeout is ``$REIDLAB_DIST_TIMEOUT``
+    seconds (600 by default).
+    """
+    info = env_info()
+    if not info.distributed or dist.is_initialized():
+        if dist.is_initialized():
+            info = DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank)
+        yield info
+        return
+    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend, timeout=timeout)
+    try:
+        yield info
+    finally:
+        dist.destroy_process_group()
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every process's ``t`` concatenated along dim 0 in rank order (``t`` itself in a single process).
+
+    All processes must pass tensors of the same shape (equal batches: training loaders drop
+    their last incomplete batch). The result carries no gradient.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def main_first(fn):
+    """Run ``fn()`` on rank 0 first, then (if it succeeded) on the other ranks; return its result.
+
+    For steps that must not run concurrently (generating a synthetic world into a shared
+    folder) or that check something every process depends on: when ``fn`` raises on rank 0,
+    every rank raises (the others a ``RuntimeError`` carrying rank 0's message) instead of
+    waiting for it at the next collective. In a single process it is just ``fn()``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    failure = [None]
+    result = None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after telling the others
+            failure = [f"{type(err).__name__}: {err}"]
+            dist.broadcast_object_list(failure, src=0)
+            raise
+    dist.broadcast_object_list(failure, src=0)
+    if dist.get_rank() != 0:
+        if failure[0] is not None:
+            raise RuntimeError(f"rank 0 failed: {failure[0]}")
+        result = fn()
+    return result
