@@ -300,3 +300,15 @@ def test_a_batch_of_one_sample_is_skipped_with_a_reason():
     with pytest.warns(UserWarning, match="skipped a batch of 1 sample .* drop_last=True"):
         hist = train_source(model, loader, epochs=1, lr_backbone=0.1, lr_new=0.1, progress=False)
     assert len(hist["step_loss"]) == 2
+
+
+def test_an_out_that_cannot_be_written_is_refused(worlds, tmp_path, monkeypatch, capsys):
+    """Simulated (the tests may run as root, who can write anywhere): the probe write is denied."""
+    import reidlab.ecn.rundir as rundir
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rundir.tempfile, "TemporaryFile", denied)
+    assert main(_args(worlds, tmp_path / "run")) == 2
+    assert f"error: cannot write to output folder {tmp_path / 'run'}: permission denied" in capsys.readouterr().err
