@@ -73,7 +73,7 @@ def test_grading_scores_a_solved_and_an_unsolved_submission(tmp_path):
         else:
             assert float(r["points"]) == 0.0
             assert r["message"].startswith("ExerciseError: exercise not attempted yet"), r["message"]
-    assert sum(float(r["max_points"]) for r in rows if r["student"] == "alice") == 4.0
+    assert sum(float(r["max_points"]) for r in rows if r["student"] == "alice") == 5.0  # 2 + 1 + 2 points
 
 
 # --- solutions pasted back -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Checkers of notebooks 04 (track_running_stats) and 05 (freezing BN): right answers pass,
 typical wrong answers fail with a message that names the mistake."""
 import ast
+import functools
 import json
 from pathlib import Path
 
@@ -66,74 +67,113 @@ def test_bn_forward_wrong_answers(wrong, message):
         nb04.check_bn_forward(wrong)
 
 
-# --- notebook 04: make_untracked --------------------------------------------------------------
+# --- notebook 04: track_again (exercise 4.2) -------------------------------------------------
 
 
-def untrack_right(model):
+def track_again_right(model, state_dict):
     for m in model.modules():
         if isinstance(m, BN):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
+            m.track_running_stats = True
+            m.running_mean = torch.zeros(m.num_features)
+            m.running_var = torch.ones(m.num_features)
+            m.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+    model.load_state_dict(state_dict)
     return model
 
 
-def test_make_untracked_right_answer_passes(capsys):
-    nb04.check_make_untracked(untrack_right)
-    assert "correct" in capsys.readouterr().out
+def _replace_layers(model, state_dict):
+    """Another right answer: fresh tracked BN layers in place of the untracked ones, then load."""
+    def swap(module):
+        for name, child in module.named_children():
+            if isinstance(child, BN):
+                setattr(module, name, type(child)(child.num_features, eps=child.eps, momentum=child.momentum))
+            else:
+                swap(child)
+    swap(model)
+    model.load_state_dict(state_dict)
 
 
-def test_untracked_layer_equals_one_built_untracked():
-    """The exercise's answer turns a layer into exactly what track_running_stats=False builds."""
-    g = torch.Generator().manual_seed(0)
-    built = nn.BatchNorm2d(3, track_running_stats=False)
-    changed = untrack_right(nn.Sequential(nn.BatchNorm2d(3)))[0]
-    x = torch.randn(4, 3, 2, 2, generator=g)
-    for mode in (True, False):
-        built.train(mode), changed.train(mode)
-        torch.testing.assert_close(changed(x), built(x))
-    assert list(changed.state_dict()) == list(built.state_dict()) == ["weight", "bias"]
+def test_track_again_right_answers_pass(capsys):
+    nb04.check_track_again(track_again_right)
+    nb04.check_track_again(_replace_layers)  # in place, returning None
+    assert capsys.readouterr().out.count("correct") == 2
 
 
-def _flag_only(model):
+def _strict_false(model, state_dict):
+    model.load_state_dict(state_dict, strict=False)
+
+
+def _flag_only_again(model, state_dict):
+    for m in model.modules():
+        if isinstance(m, BN):
+            m.track_running_stats = True
+    model.load_state_dict(state_dict, strict=False)
+
+
+def _no_counter(model, state_dict):
+    for m in model.modules():
+        if isinstance(m, BN):
+            m.track_running_stats = True
+            m.running_mean, m.running_var = torch.zeros(m.num_features), torch.ones(m.num_features)
+    model.load_state_dict(state_dict)
+
+
+def _not_loaded(model, state_dict):
+    track_again_right(model, state_dict)
+    for m in model.modules():
+        if isinstance(m, BN):
+            m.reset_running_stats()
+
+
+def _buffers_but_flag_false(model, state_dict):
+    track_again_right(model, state_dict)
     for m in model.modules():
         if isinstance(m, BN):
             m.track_running_stats = False
 
 
-def _top_level_only(model):
+def _top_level_only_again(model, state_dict):
     for m in model.children():
         if isinstance(m, BN):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
-
-
-def _keeps_counter(model):
-    for m in model.modules():
-        if isinstance(m, BN):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = None
-
-
-def _fresh_layers(model):
-    for name, m in list(model.named_children()):
-        if isinstance(m, BN):
-            setattr(model, name, type(m)(m.num_features, track_running_stats=False))
-        else:
-            _fresh_layers(m)
+            m.track_running_stats = True
+            m.running_mean, m.running_var = torch.zeros(m.num_features), torch.ones(m.num_features)
+            m.num_batches_tracked = torch.tensor(0)
+    model.load_state_dict(state_dict, strict=False)
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (_flag_only, "left running_mean/running_var in place"),
-        (_top_level_only, "nested layers count too"),
-        (_keeps_counter, "num_batches_tracked"),
-        (_fresh_layers, "keep the weights, gamma and beta"),
+        (_strict_false, "strict=False"),
+        (_flag_only_again, "running_mean is None"),
+        (_no_counter, "num_batches_tracked"),
+        (_not_loaded, "all zeros"),
+        (_buffers_but_flag_false, "track_running_stats is still False"),
+        (_top_level_only_again, "no running statistics"),
+        (lambda model, sd: nn.Sequential(nn.Linear(2, 2)), "3 BN layers"),
     ],
 )
-def test_make_untracked_wrong_answers(wrong, message):
+def test_track_again_wrong_answers(wrong, message):
     with pytest.raises(ExerciseError, match=message):
-        nb04.check_make_untracked(wrong)
+        nb04.check_track_again(wrong)
+
+
+def test_notebook_04_make_untracked_builds_what_the_flag_builds():
+    """Section 2's make_untracked: every BN layer of the copy behaves like one built with
+    track_running_stats=False (same outputs in both modes, no buffer keys), weights kept."""
+    notebook = ROOT / "notebooks" / "04_track_running_stats.ipynb"
+    make_untracked = _notebook_function(notebook, "make_untracked")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchNorm2d(4)), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    model(x)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    make_untracked(model)
+    built = nn.BatchNorm2d(4, track_running_stats=False)
+    built.load_state_dict(model[1][0].state_dict())
+    for mode in (True, False):
+        model.train(mode), built.train(mode)
+        torch.testing.assert_close(model[1][0](model[0](x)), built(model[0](x)))
+    assert model.state_dict().keys() == weights.keys()
 
 
 # --- notebook 05: freeze_bn ------------------------------------------------------------------
@@ -171,6 +211,59 @@ def _momentum_zero(model):
         m.requires_grad_(False)
 
 
+def _stay_in_eval(module, mode=True):
+    return nn.Module.train(module, False)
+
+
+def freeze_with_partial(model):
+    """Exercise 5.1's solution: a top-level function bound with functools.partial pickles by name."""
+    for m in _bn_modules(model):
+        m.requires_grad_(False)
+        m.train = functools.partial(_stay_in_eval, m)
+        m.eval()
+    return model
+
+
+def _bound_method(model):
+    """The old reference solution: torch.save works, torch.load fails (the method is pickled by its name)."""
+    def stay_in_eval(module, mode=True):
+        return nn.Module.train(module, False)
+
+    for m in _bn_modules(model):
+        m.requires_grad_(False)
+        m.train = stay_in_eval.__get__(m)
+        m.eval()
+    return model
+
+
+def _partial_of_a_local_function(model):
+    def stay_in_eval(module, mode=True):
+        return nn.Module.train(module, False)
+
+    for m in _bn_modules(model):
+        m.requires_grad_(False)
+        m.train = functools.partial(stay_in_eval, m)
+        m.eval()
+    return model
+
+
+def test_freeze_bn_solutions_pass_and_survive_a_save_load_round_trip(capsys, tmp_path):
+    nb05.check_freeze_bn(freeze_with_partial)
+    assert "torch.save / torch.load" in capsys.readouterr().out
+    model = freeze_with_partial(nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)))
+    torch.save(model, tmp_path / "frozen.pt")
+    loaded = torch.load(tmp_path / "frozen.pt", weights_only=False).train()
+    assert not loaded[1].training and loaded[0].training
+
+
+def test_the_old_bound_method_solution_saves_but_does_not_load(tmp_path):
+    """What the issue found: torch.save(model) works, torch.load raises AttributeError."""
+    model = _bound_method(nn.Sequential(nn.BatchNorm2d(2)))
+    torch.save(model, tmp_path / "frozen.pt")
+    with pytest.raises(AttributeError, match="stay_in_eval"):
+        torch.load(tmp_path / "frozen.pt", weights_only=False)
+
+
 def _freeze_everything(model):
     model.requires_grad_(False)
     rbn.freeze_bn(model)
@@ -185,6 +278,8 @@ def _freeze_everything(model):
         (_momentum_zero, "normalise with the batch's statistics"),
         (_freeze_everything, "freeze only the BN layers"),
         (lambda model: rbn.freeze_bn(model, affine=False), "still has requires_grad=True"),
+        (_bound_method, "torch.save.*AttributeError.*functools.partial"),
+        (_partial_of_a_local_function, "torch.save.*defined inside another function"),
     ],
 )
 def test_freeze_bn_wrong_answers(wrong, message):
@@ -258,27 +353,71 @@ def test_to_frozen_must_return_the_model():
 # --- notebook 05: ECN's fixed BN layers ----------------------------------------------------------
 
 
-def _by_name(model):
-    names = []
-    for name, _ in model.named_modules():
-        if "layer3" in name:
+def name_filter_errors(model, until):
+    """Exercise 5.2's solution."""
+    missed, caught = [], []
+    for name, m in model.named_modules():
+        if name == until:
             break
-        if "bn" in name:
-            names.append(name)
-    return names
+        is_bn = isinstance(m, BN)
+        if is_bn and "bn" not in name:
+            missed.append(name)
+        elif not is_bn and "bn" in name:
+            caught.append(name)
+    return missed, caught
 
 
-def test_fixed_bn_names(capsys):
-    nb05.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)][:24])
-    assert "all 24" in capsys.readouterr().out
-    # the reference code's name filter finds 22 and misses exactly the two downsample BNs
-    with pytest.raises(ExerciseError, match="downsample") as err:
-        nb05.check_fixed_bn_names(_by_name)
-    assert "found 22" in str(err.value)
-    with pytest.raises(ExerciseError, match="stop at layer3"):
-        nb05.check_fixed_bn_names(lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.BatchNorm2d)])
-    with pytest.raises(ExerciseError, match="names"):
-        nb05.check_fixed_bn_names(lambda m: [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][:24])
+def test_name_filter_errors_solution_passes(capsys):
+    nb05.check_name_filter_errors(name_filter_errors)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_the_exercise_answer_on_resnet50_is_the_two_downsample_bns():
+    import torchvision
+
+    assert name_filter_errors(torchvision.models.resnet50(weights=None), "layer3") == (
+        ["layer1.0.downsample.1", "layer2.0.downsample.1"], [])
+
+
+def _only_2d(model, until):
+    missed, caught = name_filter_errors(model, until)
+    return [n for n in missed if isinstance(model.get_submodule(n), nn.BatchNorm2d)], caught
+
+
+def _no_stop(model, until):
+    missed, caught = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, BN) and "bn" not in name:
+            missed.append(name)
+        elif not isinstance(m, BN) and "bn" in name:
+            caught.append(name)
+    return missed, caught
+
+
+def _caught_with_the_bns(model, until):
+    """Every module with 'bn' in its name, BN layers included: what the filter catches, not what it gets wrong."""
+    names = [n for n, _ in model.named_modules()]
+    return name_filter_errors(model, until)[0], [n for n in names[: names.index(until)] if "bn" in n]
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda model, until: (name_filter_errors(model, until)[0], []), "caught_wrongly is empty"),
+        (_only_2d, "BatchNorm1d is a BN layer too"),
+        (_no_stop, "stop at the module named"),
+        (lambda model, until: ([n for n, m in model.named_modules() if isinstance(m, BN) and "bn" in n][:2], []),
+         "do NOT contain 'bn'"),
+        (_caught_with_the_bns, "NOT BN layers"),
+        (lambda model, until: (name_filter_errors(model, until)[0][:1], []), "every BN layer"),
+        (lambda model, until: [m for n, m in model.named_modules() if isinstance(m, BN)][:2], "names"),
+        (lambda model, until: None, "pair"),
+        (lambda model, until: ("layer1.0.downsample.1", []), "list of names"),
+    ],
+)
+def test_name_filter_errors_wrong_answers(wrong, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb05.check_name_filter_errors(wrong)
 
 
 def test_set_bn_eval_selects_what_the_checker_expects():
@@ -287,15 +426,8 @@ def test_set_bn_eval_selects_what_the_checker_expects():
 
     model = torchvision.models.resnet50(weights=None)
     names = rbn.set_bn_eval(model, until="layer3")
-    nb05.check_fixed_bn_names(lambda m: names)
-
-
-def test_notebook_04_make_untracked_passes_the_exercise_checker(capsys):
-    notebook = ROOT / "notebooks" / "04_track_running_stats.ipynb"
-    if not notebook.exists():
-        pytest.skip("notebook 04 not present")
-    nb04.check_make_untracked(_notebook_function(notebook, "make_untracked"))
-    assert "correct" in capsys.readouterr().out
+    by_type = [n for n, m in model.named_modules() if isinstance(m, BN)][:24]
+    assert names == by_type and name_filter_errors(model, "layer3")[0] == [n for n in names if "bn" not in n]
 
 
 def test_notebook_05_name_filter_is_set_bn_eval_minus_the_downsample_bns():

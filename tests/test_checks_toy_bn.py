@@ -209,35 +209,132 @@ def test_running_mean_checker_names_the_mistake(fn, message):
         nb03.check_running_mean_after_steps(fn)
 
 
-def test_keras_checker():
-    nb03.check_keras_to_torch(lambda k: 1 - k)
-    with pytest.raises(ExerciseError, match="opposite"):
-        nb03.check_keras_to_torch(lambda k: k)
-    with pytest.raises(ExerciseError, match="expected 0.01"):
-        nb03.check_keras_to_torch(lambda k: 1 / k)
-    with pytest.raises(ExerciseError, match="None"):
-        nb03.check_keras_to_torch(lambda k: None)
+def from_keras(weights, config):
+    """Exercise 3.2's solution."""
+    bn = nn.BatchNorm2d(len(weights["gamma"]), eps=config["epsilon"], momentum=1 - config["momentum"])
+    with torch.no_grad():
+        bn.weight.copy_(weights["gamma"])
+        bn.bias.copy_(weights["beta"])
+        bn.running_mean.copy_(weights["moving_mean"])
+        bn.running_var.copy_(weights["moving_variance"])
+    return bn
+
+
+def _port(weights, config, *, eps=True, momentum="right", swap_affine=False, swap_stats=False):
+    bn = from_keras(weights, config)
+    if not eps:
+        bn.eps = 1e-5
+    bn.momentum = {"right": 1 - config["momentum"], "copied": config["momentum"], "none": None, "default": 0.1}[momentum]
+    with torch.no_grad():
+        if swap_affine:
+            bn.weight.copy_(weights["beta"])
+            bn.bias.copy_(weights["gamma"])
+        if swap_stats:
+            bn.running_mean.copy_(weights["moving_variance"])
+            bn.running_var.copy_(weights["moving_mean"].abs())
+    return bn
+
+
+def test_from_keras_checker_passes_the_solution(capsys):
+    nb03.check_from_keras(from_keras)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_the_port_matches_a_keras_layer_written_out():
+    """Keras' rule (moving = m * moving + (1 - m) * batch mean; output gamma (x - mean) / sqrt(var + eps) + beta)
+    against the ported nn.BatchNorm2d, over 20 training batches: the mean matches, the variance differs by the
+    n / (n - 1) of section 2 (Keras 3 averages the biased batch variance)."""
+    g = torch.Generator().manual_seed(0)
+    w = {"gamma": torch.rand(3, generator=g) + 0.5, "beta": torch.randn(3, generator=g),
+         "moving_mean": torch.zeros(3), "moving_variance": torch.ones(3)}
+    bn = from_keras(w, {"momentum": 0.9, "epsilon": 1e-3}).train()
+    mean, var = w["moving_mean"].clone(), w["moving_variance"].clone()
+    for _ in range(200):
+        x = torch.randn(4, 3, 2, 2, generator=g) * 2 + 1
+        with torch.no_grad():
+            bn(x)
+        mean = 0.9 * mean + 0.1 * x.mean((0, 2, 3))
+        var = 0.9 * var + 0.1 * x.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var / var, torch.full((3,), 16 / 15), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eps": False}, "epsilon"),
+        ({"momentum": "copied"}, "OLD value"),
+        ({"momentum": "none"}, "cumulative"),
+        ({"momentum": "default"}, "1 - config"),
+        ({"swap_affine": True}, "gamma .the scale. goes into weight"),
+        ({"swap_stats": True}, "moving_mean goes into running_mean"),
+    ],
+)
+def test_from_keras_checker_names_the_mistake(kwargs, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb03.check_from_keras(lambda w, c: _port(w, c, **kwargs))
+
+
+def test_from_keras_checker_other_wrong_answers():
+    with pytest.raises(ExerciseError, match="returned None"):
+        nb03.check_from_keras(lambda w, c: None)
+    with pytest.raises(ExerciseError, match="BN layer"):
+        nb03.check_from_keras(lambda w, c: nn.Identity())
+    with pytest.raises(ExerciseError, match="affine=True"):
+        nb03.check_from_keras(lambda w, c: nn.BatchNorm2d(4, affine=False))
+
+
+def pooled(means, variances, sizes):
+    """Exercise 3.3's solution."""
+    n = sizes.to(means.dtype)[:, None]
+    total = n.sum()
+    mean = (n * means).sum(0) / total
+    ss = ((n - 1) * variances).sum(0) + (n * (means - mean) ** 2).sum(0)
+    return mean, ss / (total - 1)
+
+
+def test_pooled_checker_passes_the_solution(capsys):
+    nb03.check_pooled_mean_var(pooled)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_pooled_is_what_recalibration_would_need():
+    """momentum=None keeps the plain averages; the pooled statistics are those of all samples (section 3)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 2, generator=g, dtype=torch.float64) + i for i, n in enumerate((4, 16, 8))]
+    bn = nn.BatchNorm1d(2, momentum=None).double()
+    for b in batches:
+        bn(b)
+    means, variances = torch.stack([b.mean(0) for b in batches]), torch.stack([b.var(0) for b in batches])
+    torch.testing.assert_close(bn.running_var, variances.mean(0))
+    mean, var = pooled(means, variances, torch.tensor([4, 16, 8]))
+    everything = torch.cat(batches)
+    torch.testing.assert_close(mean, everything.mean(0))
+    torch.testing.assert_close(var, everything.var(0))
+
+
+def _n(sizes, like):
+    return sizes.to(like.dtype)[:, None]
 
 
 @pytest.mark.parametrize(
     "fn, message",
     [
-        (lambda r, x, m: (1 - m) * r + m * x.var(0, unbiased=False), "biased"),
-        (lambda r, x, m: m * r + (1 - m) * x.var(0, unbiased=True), "Keras"),
-        (lambda r, x, m: (1 - m) * r + m * x.var(), "dim 0"),
-        (lambda r, x, m: x.var(0), "off by"),
-        (lambda r, x, m: r, "off by"),
-        (lambda r, x, m: ((1 - m) * r + m * x.var(0))[:2], "shape"),
+        (lambda m, v, n: (m.mean(0), v.mean(0)), "equal weights"),
+        (lambda m, v, n: ((_n(n, m) * m).sum(0) / n.sum(), v.mean(0)), "plain average of the batch variances"),
+        (lambda m, v, n: ((_n(n, m) * m).sum(0) / n.sum(), ((_n(n, m) - 1) * v).sum(0) / (n.sum() - 1)), "spread between"),
+        (lambda m, v, n: (pooled(m, v, n)[0], pooled(m, v, n)[1] * (n.sum() - 1) / n.sum()), "biased variance"),
+        (lambda m, v, n: (pooled(m, v, n)[0], ((_n(n, m) * v).sum(0) + (_n(n, m) * (m - pooled(m, v, n)[0]) ** 2).sum(0))
+                          / (n.sum() - 1)), r"\(n_k - 1\) \* var_k"),
+        (lambda m, v, n: (pooled(m, v, n)[0] + 0.1, pooled(m, v, n)[1]), "mean is off"),
+        (lambda m, v, n: (pooled(m, v, n)[0], pooled(m, v, n)[1] + 0.1), "var is off"),
+        (lambda m, v, n: pooled(m, v, n)[0], "pair"),
+        (lambda m, v, n: (m, v), "shape"),
     ],
 )
-def test_running_var_checker_names_the_mistake(fn, message):
+def test_pooled_checker_names_the_mistake(fn, message):
     with pytest.raises(ExerciseError, match=message):
-        nb03.check_update_running_var(fn)
-
-
-def test_running_var_checker_passes_the_solution(capsys):
-    nb03.check_update_running_var(lambda r, x, m: (1 - m) * r + m * x.var(dim=0, unbiased=True))
-    assert "correct" in capsys.readouterr().out
+        nb03.check_pooled_mean_var(fn)
 
 
 def test_notebook_03_recalibration_equals_reidlab():

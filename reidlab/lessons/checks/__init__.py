@@ -12,7 +12,7 @@ notebook can call them without seeing the solution. A notebook imports its own m
 
     from reidlab.lessons.checks import nb03 as checks
 
-    checks.check_keras_to_torch(keras_to_torch)   # a graded cell
+    checks.check_from_keras(from_keras)   # a graded cell
 
 This package holds only what they share: :class:`ExerciseError`, :func:`fail` and
 :func:`passed`, the :func:`checker` decorator that every public ``check_*`` carries, and

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from reidlab.lessons.checks import ExerciseError, as_tensor, checker, expect_close, fail, passed
 
-__all__ = ["ExerciseError", "check_bn_input_grad", "check_channel_stats", "check_running_stats_update"]
+__all__ = ["ExerciseError", "check_bn_input_grad", "check_fold_bn", "check_running_stats_update"]
 
 
 def _pair(result: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,46 +24,97 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return tuple(a.shape) == tuple(b.shape) and torch.allclose(a.detach().to(b.dtype), b, atol=atol, rtol=1e-4)
 
 
-@checker
-def check_channel_stats(fn: Callable[[torch.Tensor], Any]) -> None:
-    """Notebook 01: ``fn(x)`` for ``x`` of shape (N, C, H, W) returns BN's per-channel ``(mean, var)``.
+def _conv_bn_pair(seed: int, *, bias: bool, stride: int, padding: int, groups: int, eps: float):
+    """A conv and an eval-mode BN with non-trivial parameters and buffers, and a probe input."""
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups, bias=bias)
+    bn = nn.BatchNorm2d(6, eps=eps)
+    with torch.no_grad():
+        conv.weight.normal_(generator=g)
+        if bias:
+            conv.bias.normal_(generator=g)
+        bn.weight.uniform_(0.5, 2.0, generator=g)
+        bn.bias.normal_(generator=g)
+        bn.running_mean.normal_(generator=g)
+        bn.running_var.uniform_(0.05, 3.0, generator=g)  # small variances make a forgotten eps visible
+    x = torch.randn(3, 4, 9, 9, generator=g)
+    return conv.eval(), bn.eval(), x  # a model being deployed is in eval mode
 
-    Both of shape ``(C,)``, reduced over dims (0, 2, 3); ``var`` is the biased variance that
-    BN divides by.
+
+def _folded_candidates(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of the usual wrong folds, keyed by the sentence that names the mistake."""
+    w, mu, var = conv.weight.detach(), bn.running_mean, bn.running_var
+    gamma, beta = bn.weight.detach(), bn.bias.detach()
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mu)
+    s = gamma / torch.sqrt(var + bn.eps)
+    per_out = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    cands = {
+        "you left out eps: the scale is gamma / sqrt(running_var + eps), with the layer's own bn.eps":
+            (w * per_out(gamma / torch.sqrt(var)), (b - mu) * gamma / torch.sqrt(var) + beta),
+        "you divided by the variance: the scale is gamma / sqrt(running_var + eps) (a standard deviation)":
+            (w * per_out(gamma / (var + bn.eps)), (b - mu) * gamma / (var + bn.eps) + beta),
+        "the bias is wrong: it is scale * (conv_bias - running_mean) + beta; you dropped the conv's own bias":
+            (w * per_out(s), beta - mu * s),
+        "the bias is wrong: the running mean is subtracted, bias = scale * (conv_bias - running_mean) + beta":
+            (w * per_out(s), (b + mu) * s + beta),
+        "the bias is wrong: beta is added after scaling, bias = scale * (conv_bias - running_mean) + beta":
+            (w * per_out(s), (b - mu) * s),
+        "the weight is wrong: multiply every output channel's filter by gamma / sqrt(running_var + eps); "
+        "you left out gamma":
+            (w * per_out(1 / torch.sqrt(var + bn.eps)), (b - mu) / torch.sqrt(var + bn.eps) + beta),
+    }
+    return cands
+
+
+@checker
+def check_fold_bn(fn: Callable[[nn.Conv2d, nn.BatchNorm2d], Any]) -> None:
+    """Notebook 01: ``fn(conv, bn)`` returns a new ``nn.Conv2d`` equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    Tried on a conv without a bias (stride 2, padding 1, ``eps=1e-3``) and one with a bias
+    (grouped, no padding, ``eps=0.1``), both followed by a BN layer with non-trivial running
+    statistics; ``conv`` and ``bn`` must be left unchanged.
     """
-    gen = torch.Generator().manual_seed(101)
-    for shape in ((4, 3, 5, 6), (2, 5, 3, 3)):
-        n, c, h, w = shape
-        x = torch.randn(shape, generator=gen) * torch.linspace(0.5, 3.0, c).view(1, c, 1, 1)
-        x = x + torch.arange(c, dtype=x.dtype).view(1, c, 1, 1)
-        mean, var = _pair(fn(x.clone()), f"channel_stats(x of shape {shape})")
-        want_mean = x.mean(dim=(0, 2, 3))
-        want_var = x.var(dim=(0, 2, 3), unbiased=False)
-        got = tuple(mean.shape)
-        if got != (c,):
-            if got == (c, h, w):
-                fail(f"mean has shape {got}: you reduced over the batch dim 0 only. BN's statistics are per "
-                     "channel over the batch AND every pixel: reduce over dims (0, 2, 3)")
-            if got == (n, c):
-                fail(f"mean has shape {got}: those are per-image statistics (instance norm). BN also averages "
-                     "over the batch: reduce over dims (0, 2, 3)")
-            if got in ((n,), (n, h, w), (h, w), (n, 1, h, w)):
-                fail(f"mean has shape {got}: you reduced over the channel dim 1. BN keeps one statistic per "
-                     "channel: reduce over every dim except 1, i.e. (0, 2, 3)")
-            if mean.numel() == c:
-                fail(f"mean has shape {got}: return one value per channel as a flat vector of shape ({c},) "
-                     "(keepdim=False, or .flatten())")
-            fail(f"mean has shape {got}, expected ({c},): reduce over dims (0, 2, 3)")
-        expect_close(mean, want_mean, name="mean", hint="the mean over dims (0, 2, 3)")
-        if tuple(var.shape) != (c,):
-            fail(f"var has shape {tuple(var.shape)}, expected ({c},): reduce over the same dims (0, 2, 3) as the mean")
-        if _close(var, x.var(dim=(0, 2, 3), unbiased=True)):
-            fail("var is the unbiased estimate (divides by n - 1). BN normalises with the biased variance: divide "
-                 "by n = N*H*W (unbiased=False, or correction=0)")
-        if _close(var, want_var.sqrt()):
-            fail("you returned the standard deviation; return the variance (its square)")
-        expect_close(var, want_var, name="var", hint="the biased variance over dims (0, 2, 3)")
-    passed("per-channel mean and biased variance over (N, H, W)")
+    cases = [dict(seed=11, bias=False, stride=2, padding=1, groups=1, eps=1e-3),
+             dict(seed=12, bias=True, stride=1, padding=0, groups=2, eps=0.1)]
+    for case in cases:
+        conv, bn, x = _conv_bn_pair(**case)
+        what = f"a conv {'with' if case['bias'] else 'without'} a bias"
+        before = {k: v.clone() for k, v in (*conv.state_dict().items(), *[("bn." + k, v) for k, v in bn.state_dict().items()])}
+        with torch.no_grad():
+            expected = bn(conv(x))
+        try:
+            folded = fn(conv, bn)
+        except NotImplementedError:
+            raise  # the student stub (a RuntimeError too), which @checker explains
+        except RuntimeError as err:
+            fail(f"with {what}: RuntimeError: {err}. The scale has one value per OUTPUT channel: reshape it to "
+                 f"(C_out, 1, 1, 1) to multiply the weight of shape (C_out, C_in / groups, kH, kW)")
+        after = {k: v for k, v in (*conv.state_dict().items(), *[("bn." + k, v) for k, v in bn.state_dict().items()])}
+        if after.keys() != before.keys() or any(not torch.equal(before[k], after[k]) for k in before):
+            fail("you changed the original conv or BN layer: build a new conv (copy.deepcopy(conv), or nn.Conv2d with "
+                 "the same settings) so that the unfolded model still works")
+        if folded is None:
+            fail("the function returned None: return the folded nn.Conv2d")
+        if not isinstance(folded, nn.Conv2d):
+            fail(f"return an nn.Conv2d, got {type(folded).__name__}")
+        if folded.bias is None:
+            fail(f"with {what}: the folded conv has no bias; it needs one, scale * (conv_bias - running_mean) + beta")
+        settings = ("stride", "padding", "dilation", "groups")
+        if any(getattr(folded, k) != getattr(conv, k) for k in settings):
+            fail(f"with {what}: copy the conv's stride, padding, dilation and groups (got "
+                 f"{[getattr(folded, k) for k in settings]}, expected {[getattr(conv, k) for k in settings]})")
+        with torch.no_grad():
+            got = folded(x)
+        if got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+            continue
+        w, b = folded.weight.detach(), folded.bias.detach()
+        for message, (cw, cb) in _folded_candidates(conv, bn).items():
+            if w.shape == cw.shape and torch.allclose(w, cw, atol=1e-5) and torch.allclose(b, cb, atol=1e-5):
+                fail(f"with {what}: {message}")
+        fail(f"with {what}: the folded conv's output is off by up to {(got - expected).abs().max().item():.3g}; "
+             f"weight = conv.weight * scale per output channel, scale = gamma / sqrt(running_var + eps)")
+    passed("the folded conv equals conv followed by the eval-mode BN (with and without a conv bias); "
+           "the originals are unchanged")
 
 
 @checker

@@ -10,9 +10,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from reidlab.lessons.checks import ExerciseError, apply_and_list_bns, as_tensor, checker, fail, passed, small_bn_model
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, passed, small_bn_model
 
-__all__ = ["ExerciseError", "check_bn_forward", "check_make_untracked"]
+__all__ = ["ExerciseError", "check_bn_forward", "check_track_again"]
 
 
 def _bn_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: torch.nn.Module) -> torch.Tensor:
@@ -88,41 +88,91 @@ def check_bn_forward(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
     passed("bn_forward matches nn.BatchNorm2d in all four train/eval x track_running_stats states")
 
 
-@checker
-def check_make_untracked(fn: Callable[[torch.nn.Module], Any]) -> None:
-    """Notebook 04: ``fn(model)`` must turn every BN layer of ``model`` into an untracked one, in place.
+def _untracked_copy(seed: int) -> torch.nn.Module:
+    """``small_bn_model(seed)`` as if built with ``track_running_stats=False``: flag False, buffers None."""
+    model = small_bn_model(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return model
 
-    Untracked means what ``nn.BatchNorm2d(..., track_running_stats=False)`` builds: the flag
-    is False *and* the buffers are ``None``, so both modes use batch statistics and the
-    ``state_dict`` has no running-stat keys. gamma/beta and other weights stay as they were.
+
+def _tracking_mistake(bns: list[tuple[str, torch.nn.Module]], checkpoint: dict[str, torch.Tensor]) -> str | None:
+    """The sentence naming why the BN layers do not hold the checkpoint's statistics, or None."""
+    for name, m in bns:
+        if m.running_mean is None or m.running_var is None:
+            if m.track_running_stats:
+                return (f"layer {name!r}: track_running_stats is True but running_mean is None, so PyTorch still "
+                        "normalises with batch statistics in eval mode (notebook 04, section 1): the buffers must "
+                        "exist before the checkpoint can fill them")
+            return (f"layer {name!r} still has no running statistics: load_state_dict(strict=False) into an untracked "
+                    "layer drops them without a word (section 4); give each BN layer its buffers and the flag first")
+        if not m.track_running_stats:
+            return f"layer {name!r}: the buffers are there but track_running_stats is still False: set it to True"
+        if m.num_batches_tracked is None:
+            return f"layer {name!r}: num_batches_tracked is None; create it too (a 0-dim long tensor) and load it"
+    for name, m in bns:
+        key = f"{name}.running_mean"
+        if not torch.equal(m.running_mean, checkpoint[key]):
+            if torch.equal(m.running_mean, torch.zeros_like(m.running_mean)):
+                return (f"layer {name!r}: running_mean is all zeros, a fresh buffer: load the checkpoint's statistics "
+                        "(load_state_dict) after creating the buffers")
+            return f"layer {name!r}: running_mean differs from the checkpoint's: load it"
+    return None
+
+
+@checker
+def check_track_again(fn: Callable[[torch.nn.Module, dict], Any]) -> None:
+    """Notebook 04: ``fn(model, state_dict)`` gives an untracked model the running statistics of a tracked checkpoint.
+
+    ``model`` was built with ``track_running_stats=False`` (nested BN layers, a ``BatchNorm1d``
+    among them); ``state_dict`` comes from the same architecture built tracked. Afterwards
+    every BN layer must track statistics again, hold the checkpoint's buffers (its
+    ``state_dict`` equal to the checkpoint), and the model in eval mode must give the tracked
+    model's outputs, whatever the batch.
     """
-    model = small_bn_model()
-    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    model, bns = apply_and_list_bns(fn, model)
+    tracked = small_bn_model(seed=0).eval()
+    checkpoint = {k: v.clone() for k, v in tracked.state_dict().items()}
+    model = _untracked_copy(seed=5)  # other weights: only loading the checkpoint makes it right
+    try:
+        out = fn(model, {k: v.clone() for k, v in checkpoint.items()})
+    except NotImplementedError:
+        raise  # the student stub (a RuntimeError too), which @checker explains
+    except RuntimeError as err:
+        if "state_dict" in str(err):
+            fail(f"load_state_dict raised: {str(err).splitlines()[0]}. With strict=True every key must have a place: "
+                 "give each BN layer running_mean, running_var AND num_batches_tracked before loading")
+        raise
+    if isinstance(out, torch.nn.Module):
+        model = out
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if len(bns) != 3:
-        fail(f"the model should still have its 3 BN layers, found {len(bns)}: change them, do not remove them")
-    for name, m in bns:
-        if m.track_running_stats:
-            fail(f"layer {name!r} still has track_running_stats=True (nested layers count too: use model.modules())")
-    for name, m in bns:
-        if m.running_mean is not None or m.running_var is not None:
-            fail(
-                f"layer {name!r}: you set track_running_stats=False but left running_mean/running_var in place; "
-                "in eval mode PyTorch still normalises with them. Set them (and num_batches_tracked) to None"
-            )
-    extra = [k for k in model.state_dict() if "running" in k or "num_batches_tracked" in k]
-    if extra:
-        fail(f"the state_dict still holds {extra[:3]}: set num_batches_tracked to None as well")
-    after = model.state_dict()
-    for k, v in before.items():
-        if k not in after or not torch.equal(after[k], v):
-            fail(f"{k} changed or disappeared: keep the weights, gamma and beta as they were")
-    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+        fail(f"the model should have its 3 BN layers, found {len(bns)}")
+    mistake = _tracking_mistake(bns, checkpoint)
+    if mistake:
+        fail(mistake)
+    state = model.state_dict()
+    if state.keys() != checkpoint.keys():
+        fail(f"the state_dict keys differ from the checkpoint's: missing {sorted(checkpoint.keys() - state.keys())[:3]}, "
+             f"unexpected {sorted(state.keys() - checkpoint.keys())[:3]}")
+    changed = [k for k in checkpoint if not torch.equal(state[k], checkpoint[k])]
+    if changed:
+        fail(f"{changed[:3]} differ from the checkpoint: load all of it (weights, gamma/beta and buffers)")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 3, 5, 5, generator=g)
     with torch.no_grad():
         model.eval()
-        y_eval = model(x)
-        model.train()
-        y_train = model(x)
-    if not torch.allclose(y_eval, y_train, atol=1e-5):
-        fail("eval() and train() give different outputs: an untracked model normalises with batch statistics in both")
-    passed("every BN layer is untracked: batch statistics in both modes, no running-stat keys")
+        alone, in_batch = model(x[:2]), model(x)[:2]
+        expected = tracked(x[:2])
+    if not torch.allclose(alone, in_batch, atol=1e-5):
+        fail("in eval mode the outputs still depend on the batch: the layers do not normalise with running statistics")
+    if not torch.allclose(alone, expected, atol=1e-5):
+        fail(f"in eval mode the output differs from the tracked model's by up to {(alone - expected).abs().max():.3g}")
+    model.train()
+    with torch.no_grad():
+        model(x)
+    if int(bns[0][1].num_batches_tracked) != int(checkpoint[f"{bns[0][0]}.num_batches_tracked"]) + 1:
+        fail("a training batch did not update the statistics: the layers should track again (train mode updates them)")
+    passed("every BN layer tracks again, with the checkpoint's statistics: eval outputs equal the tracked model's "
+           "and no longer depend on the batch")

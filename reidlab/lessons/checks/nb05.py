@@ -5,6 +5,9 @@ Imported by the notebook as ``from reidlab.lessons.checks import nb05 as checks`
 from __future__ import annotations
 
 import copy
+import io
+import pickle
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -14,7 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reidlab.lessons.checks import ExerciseError, apply_and_list_bns, checker, fail, passed, small_bn_model
 
-__all__ = ["ExerciseError", "check_fixed_bn_names", "check_freeze_bn", "check_to_frozen_bn"]
+__all__ = ["ExerciseError", "check_freeze_bn", "check_name_filter_errors", "check_to_frozen_bn"]
 
 
 @checker
@@ -57,7 +60,31 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
             "after model.train() the BN layers normalise with the batch's statistics (the buffers stay put, e.g. "
             "with momentum=0, but they are not used): keep the layers in eval mode"
         )
-    passed("gamma/beta frozen, running statistics frozen and used, even after model.train()")
+    for how, copied in (("copy.deepcopy", lambda: copy.deepcopy(model)), ("torch.save / torch.load", lambda: _round_trip(model))):
+        twin = copied()
+        twin.train()
+        with torch.no_grad():
+            y_twin = twin(x)
+        if not torch.allclose(y_twin, y_eval, atol=1e-5):
+            fail(f"after {how} and model.train() the copy's BN layers are back in train mode: the freeze must "
+                 f"travel with the model")
+    passed("gamma/beta frozen, running statistics frozen and used, even after model.train(), "
+           "copy.deepcopy and torch.save / torch.load")
+
+
+def _round_trip(model: nn.Module) -> nn.Module:
+    """``torch.save(model)`` then ``torch.load``, in memory: what saving a whole frozen model does."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(model, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+    except (AttributeError, TypeError, pickle.PicklingError) as err:
+        fail(f"the frozen model does not survive torch.save(model) / torch.load ({type(err).__name__}: {err}). A "
+             f"method bound to a layer (stay_in_eval.__get__(m), types.MethodType) is pickled by its name, which the "
+             f"layer does not have, and a function defined inside another function cannot be pickled at all: store "
+             f"functools.partial(f, m), with f defined at the top level of the notebook, as the layer's train")
+    raise AssertionError("unreachable")
 
 
 @checker
@@ -113,31 +140,86 @@ def check_to_frozen_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     passed("every BatchNorm2d replaced by FrozenBatchNorm2d; output equals the eval-mode original")
 
 
-@checker
-def check_fixed_bn_names(fn: Callable[[torch.nn.Module], Any]) -> None:
-    """Notebook 05: ``fn(resnet)`` must return the names of all BN layers in conv1..layer2 of a torchvision ResNet-50."""
-    model = torchvision.models.resnet50(weights=None)
-    expected = []
+def _head_model() -> nn.Module:
+    """A small re-ID-like network whose names fool ECN's filter both ways: a BN layer named 'norm', a
+    BatchNorm1d named 'neck_norm', and a container named 'bnneck' (a Linear and a Dropout) that is no BN."""
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 8, 3), bn=nn.BatchNorm2d(8), relu=nn.ReLU())),
+        block=nn.Sequential(OrderedDict(conv=nn.Conv2d(8, 8, 3), norm=nn.BatchNorm2d(8), act=nn.ReLU())),
+        pool=nn.AdaptiveAvgPool2d(1),
+        flat=nn.Flatten(),
+        bnneck=nn.Sequential(OrderedDict(fc=nn.Linear(8, 8), drop=nn.Dropout(0.5))),
+        neck_norm=nn.BatchNorm1d(8),
+        classifier=nn.Linear(8, 3),
+    ))
+
+
+def _filter_errors(model: nn.Module, until: str) -> tuple[list[str], list[str]]:
+    """The reference answer: (BN layers without 'bn' in their name, non-BN modules with 'bn' in theirs), before `until`."""
+    missed, caught = [], []
     for name, m in model.named_modules():
-        if name == "layer3":
+        if name == until:
             break
-        if isinstance(m, torch.nn.BatchNorm2d):
-            expected.append(name)
-    got = fn(model)
-    if got is None:
-        fail("return the list of names")
-    got = list(got)
-    if not all(isinstance(n, str) for n in got):
-        fail("return the layers' names (strings, as in model.named_modules()), not the modules")
-    missing = [n for n in expected if n not in got]
-    extra = [n for n in got if n not in expected]
-    if missing and all("downsample" in n for n in missing):
-        fail(
-            f"you found {len(got)} layers; missing {missing}: a name filter ('bn' in name) misses the downsample "
-            "BNs, select by type (isinstance(m, nn.BatchNorm2d))"
-        )
-    if extra and any(n.startswith(("layer3", "layer4")) for n in extra):
-        fail(f"{len(extra)} of your layers are in layer3/layer4 (e.g. {extra[0]!r}): stop at layer3")
-    if missing or extra:
-        fail(f"expected {len(expected)} names; missing {missing[:3]}, unexpected {extra[:3]}")
-    passed(f"all {len(expected)} BN layers of conv1..layer2, downsample BNs included")
+        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        if is_bn and "bn" not in name:
+            missed.append(name)
+        if not is_bn and "bn" in name:
+            caught.append(name)
+    return missed, caught
+
+
+def _as_names(value: Any, what: str) -> list[str]:
+    if value is None or isinstance(value, (str, nn.Module)):
+        fail(f"{what} should be a list of names (strings), got {type(value).__name__}")
+    names = list(value)
+    if not all(isinstance(n, str) for n in names):
+        fail(f"{what} should hold the modules' names (strings, as in named_modules()), not the modules")
+    return names
+
+
+def _filter_mistake(model: nn.Module, until: str, missed: list[str], caught: list[str]) -> str | None:
+    want_missed, want_caught = _filter_errors(model, until)
+    names = [n for n, _ in model.named_modules()]
+    after = set(names[names.index(until):])
+    kinds = {n: m for n, m in model.named_modules()}
+    if any(n in after for n in missed + caught):
+        return f"stop at the module named {until!r}: the filter never reaches it or anything after it"
+    if any("bn" in n for n in missed):
+        return "missed lists BN layers whose names do NOT contain 'bn' (those the filter leaves in train mode)"
+    if any(isinstance(kinds.get(n), nn.modules.batchnorm._BatchNorm) for n in caught):
+        return "caught_wrongly lists modules that are NOT BN layers but whose names contain 'bn'"
+    lost = [n for n in want_missed if n not in missed]
+    if lost and all(isinstance(kinds[n], nn.BatchNorm1d) for n in lost):
+        return f"missed lacks {lost}: BatchNorm1d is a BN layer too; test isinstance(m, nn.modules.batchnorm._BatchNorm)"
+    if lost:
+        return f"missed lacks {lost}: every BN layer (by type) whose name has no 'bn' is missed by the filter"
+    if want_caught and not caught:
+        return (f"caught_wrongly is empty, but the filter also calls eval() on {want_caught}: 'bn' is in their names "
+                "(a container's eval() recurses into everything inside it, e.g. a Dropout)")
+    if sorted(missed) != sorted(want_missed) or sorted(caught) != sorted(want_caught):
+        return f"expected missed={want_missed} and caught_wrongly={want_caught}; got {missed} and {caught}"
+    return None
+
+
+@checker
+def check_name_filter_errors(fn: Callable[[nn.Module, str], Any]) -> None:
+    """Notebook 05: ``fn(model, until)`` returns ECN's name filter's two kinds of mistake before the module ``until``.
+
+    ``(missed, caught_wrongly)``: the names of the BN layers (any ``_BatchNorm``) whose names lack
+    ``'bn'``, and of the modules that are not BN layers but whose names contain ``'bn'``, among the
+    modules that come before the one named ``until`` in ``named_modules()`` order. Tried on
+    torchvision's ResNet-50 (until ``layer3``), MobileNetV3-Small (until ``features.4``) and a small
+    re-ID head whose names fool the filter both ways (until ``classifier``).
+    """
+    cases = [(torchvision.models.resnet50(weights=None), "layer3", "ResNet-50"),
+             (torchvision.models.mobilenet_v3_small(weights=None), "features.4", "MobileNetV3-Small"),
+             (_head_model(), "classifier", "the re-ID head")]
+    for model, until, what in cases:
+        result = fn(model, until)
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            fail(f"return a pair (missed, caught_wrongly), got {type(result).__name__}")
+        missed, caught = _as_names(result[0], "missed"), _as_names(result[1], "caught_wrongly")
+        mistake = _filter_mistake(model, until, missed, caught)
+        if mistake:
+            fail(f"{what}, until {until!r}: {mistake}")
+    passed("both kinds of mistake of a name filter, on ResNet-50, MobileNetV3-Small and a re-ID head")
