@@ -4,19 +4,17 @@ buffers, ECNConfig's shares, the memory under all_gather)."""
 from __future__ import annotations
 
 import inspect
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from reidlab.ecn import ECNConfig
 from reidlab.lessons.checks import NOT_ATTEMPTED
 from reidlab.lessons.checks import nb11 as checks
 from reidlab.memory import memory_update_
+
+from gloo import spawn
 
 # --- exercise 11.1: the buffers DDP leaves on each process --------------------------------------------------
 
@@ -54,26 +52,9 @@ def test_the_exercise_predicts_what_ddp_does(tmp_path, broadcast):
     """The answer the checker accepts is what 2 real DDP processes (gloo) hold after 4 steps."""
     g = torch.Generator().manual_seed(3)
     slices = torch.randn(4, 2, 6, 1, generator=g, dtype=torch.float64) + torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    mp.spawn(_worker, args=(_ddp_bn_buffers, _free_port(), (slices, broadcast, tmp_path)), nprocs=2, join=True)
+    spawn(_ddp_bn_buffers, slices, broadcast, tmp_path)
     held = torch.cat([torch.load(tmp_path / f"rank{r}.pt") for r in range(2)])
     torch.testing.assert_close(held, buffers_right(slices.mean((2, 3)), 0.3, broadcast))
-
-
-def _worker(rank, fn, port, args):
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        fn(rank, 2, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def own_history(slice_means, momentum, broadcast):

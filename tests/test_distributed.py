@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,30 +26,9 @@ from reidlab.models import ReIDNet
 from reidlab.syncbn import SyncBatchNorm, convert_sync_bn
 
 from ecn_micro import CLI_SMALL, ROOT, make_worlds
+from gloo import spawn
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, *args) -> None:
-    """Run ``fn(rank, world, *args)`` in 2 gloo processes (one OpenMP thread each)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    mp.spawn(_worker, args=(fn, _free_port(), args), nprocs=2, join=True)
-
-
-def _worker(rank: int, fn, port: int, args) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        fn(rank, 2, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 # --- SyncBN = BN over the global batch --------------------------------------------------------------------
@@ -73,7 +50,7 @@ def test_syncbn_equals_batchnorm_over_the_global_batch(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 4, 4, generator=g) * 2 + 1
     weights = (torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g))
-    _spawn(_syncbn_rank, x, weights, tmp_path)
+    spawn(_syncbn_rank, x, weights, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     bn = nn.BatchNorm2d(3)
     bn.weight.data.copy_(weights[0])
@@ -120,7 +97,7 @@ def test_the_memory_is_identical_on_every_process_and_equals_one_process_on_the_
     g = torch.Generator().manual_seed(1)
     feats = F.normalize(torch.randn(6, 4, generator=g), dim=1)
     idx = torch.tensor([0, 7, 3, 7, 2, 0])  # slots 0 and 7 are written by both processes
-    _spawn(_memory_rank, feats, idx, tmp_path)
+    spawn(_memory_rank, feats, idx, tmp_path)
     m0, m1 = (torch.load(tmp_path / f"memory{r}.pt") for r in range(2))
     assert torch.equal(m0, m1)
     reference = memory_update_(F.normalize(torch.ones(10, 4), dim=1), idx, feats, 0.03)
@@ -164,7 +141,7 @@ def _ddp_rank(rank, world, out):
 def test_a_ddp_step_with_syncbn_equals_a_step_on_the_global_batch(tmp_path):
     """No dropout, SyncBN, the same data: 2 processes x 4 images train what 1 process x 8 trains
     (within 1e-4: float sums in another order, through two SGD steps of ECN's loss)."""
-    _spawn(_ddp_rank, tmp_path)
+    spawn(_ddp_rank, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"ddp{r}.pt") for r in range(2))
     for k in r0["model"]:
         assert torch.equal(r0["model"][k], r1["model"][k]), k  # every process ends with the same weights
