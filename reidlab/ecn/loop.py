@@ -389,7 +389,7 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
     state a checkpoint holds. ``knn_precision`` measures the memory against the target's
     hidden true identities (never used for training).
     """
-    seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train], rank=getattr(parts, "rank", 0))
+    seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train], rank=parts.rank)
     steps = len(parts.source_train) if config.max_steps is None else min(len(parts.source_train), config.max_steps)
     if steps == 0:
         raise ValueError(
@@ -402,7 +402,7 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
         row = run_epoch(
             parts.model, parts.optimizer, itertools.islice(parts.source_train, steps), device=parts.device,
             criterion=crit, next_target=_cycle(parts.target_train) if crit is not None else None, epoch=epoch,
-            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN", forward=getattr(parts, "forward", None),
+            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN", forward=parts.forward,
         )
     knn = None
     if crit is not None and 1 <= config.knn < len(parts.true_ids):
