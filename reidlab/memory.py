@@ -116,7 +116,7 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
             idx, feats = indices[sel], features[sel]
         # two products and a sum, as the published code writes it (bit-identical results)
         old = memory.index_select(0, idx)
-        rows = old.clone().mul_(rate).add_(feats * (1.0 - rate))
+        rows = old.mul(rate).add_(feats * (1.0 - rate))
         rows.div_(rows.norm(dim=1, keepdim=True).clamp_min_(NORM_EPS))  # a zero row stays zero, not 0/0
         # a non-finite feature never enters the memory (its loss is non-finite: the trainer stops)
         rows = torch.where(torch.isfinite(feats).all(dim=1, keepdim=True), rows, old)

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..data.loaders import CAMSTYLE_MODES
 from ..profiles import Profile, resolve_profile
-from ..runtime import resolve_device
 
 __all__ = [
     "INVARIANCES",
@@ -303,12 +304,13 @@ def _validate(c: ECNConfig) -> None:
          f"batch_size {c.batch_size} cannot be shared by {c.world_size} processes: it must be a multiple of the "
          f"number of processes, with at least 2 images each (BatchNorm)")
     need(isinstance(c.device, str) and bool(c.device), f"device must be 'auto', 'cpu', 'cuda', ..., got {c.device!r}")
-    if c.device != "auto":
+    if c.device != "auto":  # only the spelling here: a CUDA device on a CPU machine is refused when the run starts
         try:
-            resolve_device(c.device)
-        except ValueError as err:
-            if "not a torch device" in str(err):  # a CUDA device on a CPU machine is checked when the run starts
-                raise ValueError(f"ECNConfig: {err}") from None
+            torch.device(c.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"ECNConfig: device={c.device!r} is not a torch device (use 'auto', 'cpu', 'cuda', 'cuda:0')"
+            ) from None
 
 
 def knn_warning(c: ECNConfig) -> str | None:
