@@ -21,27 +21,33 @@ The protocol (Market-1501, as in the dataset's official MATLAB code and in torch
 * A query left without any true match after the removal is **skipped** (not counted as a
   failure), and the number of valid queries is reported.
 * **CMC** at rank k: the fraction of valid queries whose first true match is within the
-  top k. **AP**: non-interpolated average precision, the mean over the true matches of the
-  precision at the rank of that match (torchreid's ``eval_market1501``; ECN's open-reid
-  evaluator computes the same with scikit-learn's ``average_precision_score``, up to how
-  exactly tied distances are treated). The dataset's official MATLAB code instead averages
-  the precision just before and at each match (a trapezoid rule), which gives lower
-  values (never higher); most re-ID code (open-reid, torchreid, fast-reid) uses the
-  non-interpolated form. **INP**: the
-  inverse negative penalty of Ye et al. (AGW, TPAMI 2021): ``NP = (R_hard - |G|) / R_hard``
-  where ``R_hard`` is the rank of the *hardest* (last) true match and ``|G|`` the number of
-  true matches, and ``INP = 1 - NP = |G| / R_hard``.
-* **Ties** (equal distances) are broken by gallery order, as a stable sort does: the
-  gallery item that comes first in the gallery list is ranked first. An unstable sort
-  (numpy's default quicksort, torch.sort on a GPU) may order tied items differently from
-  machine to machine; a stable order makes the numbers reproducible everywhere.
+  top k. **INP**: the inverse negative penalty of Ye et al. (AGW, TPAMI 2021):
+  ``NP = (R_hard - |G|) / R_hard`` where ``R_hard`` is the rank of the *hardest* (last) true
+  match and ``|G|`` the number of true matches, and ``INP = 1 - NP = |G| / R_hard``.
+* **AP**, by one of two rules (keyword ``ap``), for true matches i = 1..n at ranks r_i:
+  ``"step"`` (default), non-interpolated AP, the mean of the precisions i / r_i (torchreid's
+  ``eval_market1501`` and the code derived from it); ``"trapezoid"``, the dataset's official
+  MATLAB ``compute_AP`` (Zheng et al., ICCV 2015), the mean of ``(p_before + i / r_i) / 2``
+  with ``p_before = (i - 1) / (r_i - 1)`` the precision one rank earlier (1 if ``r_i = 1``).
+  Both estimate the area under the precision-recall curve, known only at the ranks: "step"
+  holds each match's precision over its recall step, "trapezoid" draws a line to it from the
+  point just before. As ``p_before <= i / r_i``, trapezoid AP <= step AP, equal only when all
+  true matches come first (one match at rank r > 1: 1/r vs 1/(2r)): compare under one rule.
+  ECN's published code, reid/evaluation_metrics/ranking.py, uses the trapezoid, not
+  non-interpolated AP: its ``average_precision_score`` is ``precision_recall_curve(y_true,
+  y_score)`` then ``auc(recall, precision)`` (scikit-learn's trapezoidal area), with
+  ``y_score = -distance`` over the gallery minus same-id-same-camera items (its parser drops
+  junk). That curve has a point per distinct distance plus (recall 0, precision 1), so for
+  untied distances each match adds ``(p_before + i / r_i) / 2n``: MATLAB's sum, term by term.
+  A tie is one point there, while here ties are broken by gallery order (ECN's AP can differ).
+* **Ties** (equal distances) are broken by gallery order, as a stable sort does: the item
+  first in the gallery list is ranked first. An unstable sort (numpy's default quicksort,
+  torch.sort on a GPU) may order ties differently from machine to machine.
 
-Two implementations compute the same numbers: :func:`evaluate_rank_reference` is the slow,
-readable per-query loop over a full (stable) argsort that notebook 08 explains line by
-line; :func:`evaluate_rank` is the fast one the other notebooks use. It never sorts item
-indices: it sorts the (kept) distances of a chunk of queries at once and finds the rank of
-each true match by binary search, which is all CMC, AP and INP need. ``tests/test_evaluation.py``
-checks that both give *identical* results, and ``benchmarks/bench_evaluation.py`` times them.
+Two implementations give identical numbers (``tests/test_evaluation.py``): the slow, readable
+:func:`evaluate_rank_reference`, a per-query loop over a full (stable) argsort that notebook
+08 explains line by line, and :func:`evaluate_rank`, the fast one the other notebooks use
+(its Notes say how; ``benchmarks/bench_evaluation.py`` times both).
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ Distances = Union[np.ndarray, torch.Tensor]
 """A ``(num_query, num_gallery)`` distance matrix, numpy or torch."""
 
 __all__ = [
+    "AP_RULES",
     "JUNK_PID",
     "DISTRACTOR_PID",
     "Features",
@@ -77,6 +84,7 @@ JUNK_PID = -1
 """Person id of Market-1501's junk gallery images (``-1_c3s1_000301_02.jpg``): always removed."""
 DISTRACTOR_PID = 0
 """Person id of Market-1501's distractors (``0000_...``): kept, as negatives."""
+AP_RULES = ("step", "trapezoid")  # the values of evaluate_rank's ``ap`` keyword (module docstring)
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -303,8 +311,9 @@ class RankResult:
         Queries that kept at least one true match after the exclusion.
     num_queries:
         All queries, valid or skipped.
-    ap, inp:
-        Per-query AP and INP (``nan`` for a skipped query), e.g. to find the worst queries.
+    ap, inp, ap_rule:
+        Per-query AP and INP (``nan`` for a skipped query), e.g. to find the worst queries,
+        and the rule AP was computed by, ``"step"`` or ``"trapezoid"`` (module docstring).
     """
 
     cmc: np.ndarray
@@ -314,6 +323,7 @@ class RankResult:
     num_queries: int
     ap: np.ndarray
     inp: np.ndarray
+    ap_rule: str = "step"
 
     @property
     def rank1(self) -> float:
@@ -326,8 +336,8 @@ class RankResult:
         return self.num_queries - self.num_valid_queries
 
     def summary(self, ranks: Iterable[int] = (1, 5, 10)) -> str:
-        """One line, in percent: ``mAP 41.2% | mINP 9.8% | R1 66.0% | R5 ... (3368/3368 queries)``."""
-        parts = [f"mAP {100 * self.mAP:.1f}%", f"mINP {100 * self.mINP:.1f}%"]
+        """One line, in percent: ``mAP 41.2% (step AP) | mINP 9.8% | R1 66.0% | ... (3368/3368 queries)``."""
+        parts = [f"mAP {100 * self.mAP:.1f}% ({self.ap_rule} AP)", f"mINP {100 * self.mINP:.1f}%"]
         parts += [f"R{k} {100 * self.cmc[k - 1]:.1f}%" for k in ranks if k <= len(self.cmc)]
         return " | ".join(parts) + f" ({self.num_valid_queries}/{self.num_queries} queries)"
 
@@ -380,7 +390,13 @@ def _excluded(q_pid, q_camid, g_pids, g_camids) -> np.ndarray:
     return ((g_pids == q_pid) & (g_camids == q_camid)) | (g_pids == JUNK_PID)
 
 
-def _finish(first_rank, ap, inp, max_rank) -> RankResult:
+def _check_ap_rule(ap: Any) -> str:
+    if not (isinstance(ap, str) and ap in AP_RULES):
+        raise ValueError(f"ap must be 'step' or 'trapezoid', got {ap!r}")
+    return ap
+
+
+def _finish(first_rank, ap, inp, max_rank, ap_rule) -> RankResult:
     valid = ~np.isnan(ap)
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -393,18 +409,22 @@ def _finish(first_rank, ap, inp, max_rank) -> RankResult:
     cmc = np.cumsum(counts) / num_valid
     mAP = math.fsum(ap[valid]) / num_valid
     mINP = math.fsum(inp[valid]) / num_valid
-    return RankResult(cmc, mAP, mINP, num_valid, len(ap), ap, inp)
+    return RankResult(cmc, mAP, mINP, num_valid, len(ap), ap, inp, ap_rule)
 
 
-def _ap_inp(hit_ranks: np.ndarray) -> tuple[float, float]:
-    """AP and INP from the sorted 1-based ranks of a query's true matches.
+def _ap_inp(hit_ranks: np.ndarray, ap: str = "step") -> tuple[float, float]:
+    """AP (rule ``ap``) and INP = |G| / R_hard from the sorted 1-based ranks of a query's true matches.
 
-    The j-th true match at rank r_j has precision j / r_j; AP is their mean. ``math.fsum``
-    adds them exactly rounded, so the result does not depend on summation order (and is
-    the same in both implementations, on every machine). INP = |G| / R_hard.
+    Step AP: the mean of the precisions i / r_i; trapezoid AP averages each first with the
+    precision one rank earlier, (i - 1) / (r_i - 1) (1 at rank 1). ``math.fsum`` adds exactly
+    rounded: the result does not depend on summation order (same in both implementations).
     """
     n = len(hit_ranks)
-    precision = np.arange(1, n + 1) / hit_ranks
+    hits = np.arange(1, n + 1)
+    precision = hits / hit_ranks
+    if ap == "trapezoid":
+        before = np.where(hit_ranks > 1, (hits - 1) / np.maximum(hit_ranks - 1, 1), 1.0)
+        precision = (before + precision) / 2
     return math.fsum(precision) / n, n / float(hit_ranks[-1])
 
 
@@ -415,6 +435,8 @@ def evaluate_rank_reference(
     q_camids: ArrayLike,
     g_camids: ArrayLike,
     max_rank: int = 50,
+    *,
+    ap: str = "step",
 ) -> RankResult:
     """The slow, readable Market-1501 evaluation: one full stable argsort per query.
 
@@ -422,10 +444,11 @@ def evaluate_rank_reference(
     :func:`evaluate_rank` is tested against (identical numbers). Arguments and result as
     in :func:`evaluate_rank`; about 7x slower on a Market-size problem.
     """
+    ap = _check_ap_rule(ap)
     d, qp, gp, qc, gc, max_rank = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     nq = d.shape[0]
     first_rank = np.zeros(nq, dtype=np.int64)
-    ap = np.full(nq, np.nan)
+    aps = np.full(nq, np.nan)
     inp = np.full(nq, np.nan)
     for i in range(nq):
         # 1. rank the whole gallery; ties keep gallery order (stable sort)
@@ -439,11 +462,14 @@ def evaluate_rank_reference(
         hit_ranks = np.flatnonzero(matches) + 1
         first_rank[i] = hit_ranks[0]  # CMC: the query is a hit at every rank >= this one
         # 4. AP: the precision (true matches so far / rank) at each true match, averaged
-        precision_at_hits = np.cumsum(matches)[matches] / hit_ranks
-        ap[i] = math.fsum(precision_at_hits) / len(hit_ranks)  # fsum: exactly rounded, order-free
+        precision = np.cumsum(matches) / np.arange(1, len(matches) + 1)  # at every rank
+        terms = precision[matches]
+        if ap == "trapezoid":  # MATLAB: the mean of the precision one rank earlier and at the match
+            terms = (np.r_[1.0, precision][hit_ranks - 1] + terms) / 2  # 1.0 "before rank 1"
+        aps[i] = math.fsum(terms) / len(hit_ranks)  # fsum: exactly rounded, order-free
         # 5. INP = 1 - NP: number of true matches / rank of the hardest (last) one
         inp[i] = len(hit_ranks) / hit_ranks[-1]
-    return _finish(first_rank, ap, inp, max_rank)
+    return _finish(first_rank, aps, inp, max_rank, ap)
 
 
 def evaluate_rank(
@@ -454,6 +480,7 @@ def evaluate_rank(
     g_camids: ArrayLike,
     max_rank: int = 50,
     *,
+    ap: str = "step",
     chunk_size: int = 128,
 ) -> RankResult:
     """CMC, mAP and mINP under the Market-1501 protocol (see the module docstring).
@@ -469,37 +496,40 @@ def evaluate_rank(
         Length of the CMC curve. Unlike torchreid, which shortens the curve when the gallery
         is smaller than ``max_rank``, the curve always has ``max_rank`` entries: past the end
         of a query's ranked list its first true match has already been counted.
+    ap:
+        ``"step"``: non-interpolated AP, as torchreid. ``"trapezoid"``: Market-1501's MATLAB
+        ``compute_AP``, and ECN's (module docstring); never higher. Compare like with like.
     chunk_size:
         Queries processed at once (memory ~ ``chunk_size x num_gallery x 10`` bytes).
 
     Returns
     -------
     RankResult
-        ``.cmc``, ``.mAP``, ``.mINP``, ``.num_valid_queries`` and per-query ``.ap``/``.inp``.
+        ``.cmc``, ``.mAP``, ``.mINP``, ``.num_valid_queries``, per-query ``.ap``/``.inp``, ``.ap_rule``.
 
     Raises
     ------
     ValueError
-        For inconsistent shapes, non-finite distances, non-integer ids, or when no query
-        has a true match left.
+        For inconsistent shapes, non-finite distances, non-integer ids, an unknown ``ap``
+        rule, or when no query has a true match left.
 
     Notes
     -----
     Identical results to :func:`evaluate_rank_reference` (tested), several times faster
-    (``benchmarks/bench_evaluation.py``). CMC, AP and INP only need the rank of each
-    *true match* in the kept list, and that rank is one plus the number of kept items
-    placed before it. So for a chunk of queries we sort the kept distances (values only,
-    excluded items set to +inf so they sort last), which is much cheaper than a stable
-    argsort of indices, and find each true match's rank with a binary search
-    (``searchsorted``). A kept item with exactly the same distance comes first when it
+    (``benchmarks/bench_evaluation.py``). CMC, AP and INP only need the rank of each *true
+    match* in the kept list: one plus the number of kept items placed before it. So for a
+    chunk of queries we sort the kept distances (values only, excluded items set to +inf),
+    much cheaper than a stable argsort of indices, and find each true match's rank by binary
+    search (``searchsorted``). A kept item at exactly the same distance comes first when it
     comes first in the gallery (the stable-sort rule); that rare case is counted exactly.
     """
+    ap = _check_ap_rule(ap)
     d, qp, gp, qc, gc, max_rank = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     nq = d.shape[0]
     first_rank = np.zeros(nq, dtype=np.int64)
-    ap = np.full(nq, np.nan)
+    aps = np.full(nq, np.nan)
     inp = np.full(nq, np.nan)
     for s in range(0, nq, chunk_size):
         D = d[s : s + chunk_size]
@@ -522,8 +552,8 @@ def evaluate_rank(
                 hit_ranks[t] += np.count_nonzero((D[r, :c] == dp[t]) & ~excluded[r, :c])
             hit_ranks.sort()
             first_rank[s + r] = hit_ranks[0]
-            ap[s + r], inp[s + r] = _ap_inp(hit_ranks)
-    return _finish(first_rank, ap, inp, max_rank)
+            aps[s + r], inp[s + r] = _ap_inp(hit_ranks, ap)
+    return _finish(first_rank, aps, inp, max_rank, ap)
 
 
 def rank_gallery(

@@ -47,6 +47,7 @@ class Profile:
     num_workers: int
     amp: bool  # bf16 autocast (CUDA only)
     channels_last: bool
+    pretrained: str | None  # initial weights of re-ID backbones: 'synthetic' = reidlab.ecn.pretrain's
     device: str = "cpu"  # filled in by reidlab.lessons.setup()
     seed: int = 0  # filled in by reidlab.lessons.setup()
 
@@ -68,6 +69,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=0,
         amp=False,
         channels_last=False,
+        pretrained="synthetic",
     ),
     "laptop": Profile(
         name="laptop",
@@ -81,6 +83,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=2,
         amp=False,
         channels_last=False,
+        pretrained="synthetic",
     ),
     "gpu": Profile(
         name="gpu",
@@ -94,6 +97,7 @@ PROFILES: dict[str, Profile] = {
         num_workers=8,
         amp=True,
         channels_last=True,
+        pretrained="synthetic",
     ),
 }
 

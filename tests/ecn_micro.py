@@ -11,10 +11,13 @@ from reidlab.data.synth import Scale, make_synthetic_reid
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = Scale(train_ids=6, train_images=24, test_ids=4, query=None, gallery_real=12, distractors=2, junk=2)
-SMALL = dict(epochs=3, batch_size=8, height=32, width=16, num_features=32, knn=2, knn_start=1, eval_source=False)
+#: ``pretrained=None``: the trainer's tests start from random weights (the synthetic pretraining
+#: of reidlab.ecn.pretrain has its own tests, and would otherwise run once per temporary data dir).
+SMALL = dict(epochs=3, batch_size=8, height=32, width=16, num_features=32, knn=2, knn_start=1, eval_source=False,
+             pretrained=None)
 CLI_SMALL = [
     "--profile", "ci", "--epochs", "3", "--batch-size", "8", "--height", "32", "--width", "16", "--num-features", "32",
-    "--knn", "2", "--knn-start", "1", "--no-eval-source", "--quiet",
+    "--knn", "2", "--knn-start", "1", "--no-eval-source", "--quiet", "--pretrained", "none",
 ]
 
 

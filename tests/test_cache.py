@@ -1,7 +1,7 @@
 import torch
 
 from reidlab.files import atomic_save
-from reidlab.lessons.cache import cache_path, load_or_train
+from reidlab.cache import cache_path, load_or_train
 
 
 def test_trains_once_then_loads(tmp_path):

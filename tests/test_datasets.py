@@ -102,6 +102,28 @@ def test_market_camstyle_lookup(market):
     assert load_reid_dataset("market1501", market, with_camstyle=False).camstyle == {}
 
 
+def test_oracle_camstyle_folder(tmp_path):
+    """A synthetic tree's second CamStyle folder (the oracle re-renders, same names) is parsed
+    apart from the first; a real tree has none."""
+    names = MARKET["bounding_box_train_camstyle"]
+    root = _tree(tmp_path / "synth", {**MARKET, "bounding_box_train_camstyle_oracle": names[:3]})
+    ds = load_reid_dataset(root)
+    first = ds.train[0].path
+    assert ds.has_camstyle and ds.has_camstyle_oracle
+    assert sorted(ds.camstyle_for(first)) == [1, 2, 3, 4, 5] and sorted(ds.camstyle_for(first, oracle=True)) == [1, 2, 3]
+    for c2, f in ds.camstyle_for(first, oracle=True).items():
+        assert Path(f).parent.name == "bounding_box_train_camstyle_oracle"
+        assert Path(f).name == Path(ds.camstyle_for(first)[c2]).name
+        assert Path(ds.camstyle_for(first)[c2]).parent.name == "bounding_box_train_camstyle"
+    bare = load_reid_dataset(root, with_camstyle=False)
+    assert bare.camstyle == {} and bare.camstyle_oracle == {} and not bare.has_camstyle_oracle
+    market = load_reid_dataset(_tree(tmp_path / "market", MARKET))
+    assert market.has_camstyle and not market.has_camstyle_oracle
+    bad = _tree(tmp_path / "bad", {**MARKET, "bounding_box_train_camstyle_oracle": ["0002_c1s1_000451_03.jpg"]})
+    with pytest.raises(ValueError, match="cannot parse CamStyle"):
+        load_reid_dataset(bad)
+
+
 def test_junk_dropped_from_train(tmp_path):
     splits = dict(MARKET)
     splits["bounding_box_train"] = MARKET["bounding_box_train"] + ["-1_c1s1_000001_01.jpg"]

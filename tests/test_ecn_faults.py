@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import reidlab.files
 from reidlab.ecn import ECNConfig, load_checkpoint, main, train_ecn, train_source
 from reidlab.ecn.rundir import run_lock
-from reidlab.lessons.cache import cache_path, load_or_train
+from reidlab.cache import cache_path, load_or_train
 from reidlab.memory import InvarianceLoss
 from reidlab.models import ReIDNet
 

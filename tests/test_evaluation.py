@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from reidlab.evaluation import (
+    AP_RULES,
     evaluate_rank,
     evaluate_rank_reference,
     extract_features,
@@ -187,24 +188,28 @@ def assert_identical(a, b):
     assert a.num_valid_queries == b.num_valid_queries and a.num_queries == b.num_queries
     assert np.array_equal(a.ap, b.ap, equal_nan=True)
     assert np.array_equal(a.inp, b.inp, equal_nan=True)
+    assert a.ap_rule == b.ap_rule
 
 
+@pytest.mark.parametrize("ap", AP_RULES)
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("round_to", [None, 1, 2])
-def test_fast_equals_reference_exactly(seed, round_to):
+def test_fast_equals_reference_exactly(seed, round_to, ap):
     problem = random_problem(seed, round_to=round_to, num_ids=[3, 25, 80][seed % 3])
-    ref = evaluate_rank_reference(*problem, max_rank=20)
+    ref = evaluate_rank_reference(*problem, max_rank=20, ap=ap)
+    assert ref.ap_rule == ap
     for chunk_size in (1, 7, 1000):
-        assert_identical(evaluate_rank(*problem, max_rank=20, chunk_size=chunk_size), ref)
+        assert_identical(evaluate_rank(*problem, max_rank=20, ap=ap, chunk_size=chunk_size), ref)
     # the problem must exercise the protocol: some queries skipped, some not
     assert 0 < ref.num_valid_queries <= ref.num_queries
 
 
-def test_fast_equals_reference_float32_and_integer_distances():
+@pytest.mark.parametrize("ap", AP_RULES)
+def test_fast_equals_reference_float32_and_integer_distances(ap):
     problem = random_problem(11, round_to=2, dtype=np.float32)
-    assert_identical(evaluate_rank(*problem), evaluate_rank_reference(*problem))
+    assert_identical(evaluate_rank(*problem, ap=ap), evaluate_rank_reference(*problem, ap=ap))
     integer = (np.round(problem[0] * 10).astype(np.int64),) + problem[1:]
-    assert_identical(evaluate_rank(*integer, max_rank=5), evaluate_rank_reference(*integer, max_rank=5))
+    assert_identical(evaluate_rank(*integer, max_rank=5, ap=ap), evaluate_rank_reference(*integer, max_rank=5, ap=ap))
 
 
 def torchreid_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -240,6 +245,190 @@ def test_agrees_with_torchreid_convention(seed):
     np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
     assert res.mAP == pytest.approx(mAP, abs=1e-12)
     assert res.mINP == pytest.approx(mINP, abs=1e-12)
+
+
+# --- the two AP rules -------------------------------------------------------------------------
+#
+# For true matches i = 1..n at ranks r_i: step AP = mean of i / r_i; trapezoid AP (Market-1501's
+# MATLAB compute_AP) = mean of (p_before + i / r_i) / 2, p_before = (i - 1) / (r_i - 1), 1 if r_i = 1.
+# qA (matches at ranks 2 and 5): step (1/2 + 2/5) / 2 = 0.45;
+#     trapezoid ((0/1 + 1/2) / 2 + (1/4 + 2/5) / 2) / 2 = (0.25 + 0.325) / 2 = 0.2875.
+# qB (one match, rank 3): step 1/3; trapezoid (0/2 + 1/3) / 2 = 1/6.
+# qD (one match, rank 1): both 1 (p_before = 1 before rank 1).
+# trapezoid mAP = (0.2875 + 1/6 + 1) / 3 = 0.48472...; CMC and INP do not depend on the rule.
+HAND_AP_TRAPEZOID = [0.2875, 1 / 6, math.nan, 1.0]
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "rule, expected, line",
+    [("step", HAND_AP, "mAP 59.4% (step AP)"), ("trapezoid", HAND_AP_TRAPEZOID, "mAP 48.5% (trapezoid AP)")],
+)
+def test_ap_rules_on_the_hand_worked_example(evaluate, rule, expected, line):
+    res = evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5, ap=rule)
+    np.testing.assert_allclose(res.ap, expected, rtol=0, atol=1e-15)
+    assert res.mAP == pytest.approx(np.nanmean(expected), abs=1e-15)
+    assert res.ap_rule == rule and res.summary().startswith(line)
+    np.testing.assert_allclose(res.inp, HAND_INP, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(res.cmc, [1 / 3, 2 / 3, 1, 1, 1], rtol=0, atol=1e-15)
+
+
+@BOTH
+def test_the_default_ap_rule_is_step(evaluate):
+    res = evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5)
+    assert res.ap_rule == "step"
+    assert_identical(res, evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5, ap="step"))
+
+
+def ranked(labels: str) -> dict:
+    """One query (pid 1, camera 1) and a gallery already in rank order (distances 1, 2, ...):
+    T a true match (pid 1, camera 2), F a false one (pid 2), D a distractor (pid 0),
+    J junk (pid -1) and S pid 1 seen by camera 1 (excluded)."""
+    pid, cam = dict(T=1, F=2, D=0, J=-1, S=1), dict(T=2, F=2, D=3, J=2, S=1)
+    return dict(distmat=np.arange(1.0, len(labels) + 1)[None, :], q_pids=[1], q_camids=[1],
+                g_pids=np.array([pid[c] for c in labels]), g_camids=np.array([cam[c] for c in labels]))
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "labels, step, trapezoid",
+    [
+        ("T", 1.0, 1.0),  # one match at rank 1: p_before = 1
+        ("FT", 1 / 2, 1 / 4),  # one match at rank r > 1: step 1/r, trapezoid (0 + 1/r) / 2
+        ("FFT", 1 / 3, 1 / 6),
+        ("FFFFFFT", 1 / 7, 1 / 14),
+        ("TTTFF", 1.0, 1.0),  # all matches first: both 1
+        ("JTSTJTDF", 1.0, 1.0),  # ... once junk and same-camera items are removed
+        ("TFT", (1 + 2 / 3) / 2, ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 2),  # ranks 1, 3: 5/6 and 19/24
+        ("FTFDT", 0.45, 0.2875),  # ranks 2, 5 (qA)
+        ("JFSTFDT", 0.45, 0.2875),  # the same once J and S are removed
+    ],
+)
+def test_ap_rules_by_hand(evaluate, labels, step, trapezoid):
+    assert evaluate(**ranked(labels)).ap[0] == pytest.approx(step, abs=1e-15)
+    assert evaluate(**ranked(labels), ap="trapezoid").ap[0] == pytest.approx(trapezoid, abs=1e-15)
+
+
+def market_compute_ap(good_image: set, junk_image: set, index: list) -> float:
+    """Market-1501's official MATLAB ``compute_AP`` (Zheng et al., ICCV 2015), transcribed line by
+    line (the AP part): a walk down the ranked gallery ``index`` that skips junk images."""
+    ngood = len(good_image)
+    old_recall, old_precision, ap = 0.0, 1.0, 0.0
+    intersect_size, j, good_now, njunk = 0, 0, 0, 0
+    for n in range(len(index)):
+        flag = 0
+        if index[n] in good_image:
+            flag = 1  # good image
+            good_now += 1
+        if index[n] in junk_image:
+            njunk += 1
+            continue  # junk image
+        if flag == 1:
+            intersect_size += 1
+        recall = intersect_size / ngood
+        precision = intersect_size / (j + 1)
+        ap += (recall - old_recall) * ((old_precision + precision) / 2)
+        old_recall, old_precision = recall, precision
+        j += 1
+        if good_now == ngood:
+            return ap
+    return ap
+
+
+def market_matlab_aps(distmat, q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
+    """The official evaluation loop: good = same id, another camera; junk = same id and camera, or pid -1.
+    The gallery is sorted by distance with a stable sort, as MATLAB's ``sort``."""
+    aps = np.full(len(q_pids), np.nan)
+    for k in range(len(q_pids)):
+        same_id = g_pids == q_pids[k]
+        good = set(np.flatnonzero(same_id & (g_camids != q_camids[k])).tolist())
+        junk = set(np.flatnonzero((same_id & (g_camids == q_camids[k])) | (g_pids == -1)).tolist())
+        if good:  # (every Market query has one; reidlab skips a query without)
+            aps[k] = market_compute_ap(good, junk, np.argsort(distmat[k], kind="stable").tolist())
+    return aps
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("round_to", [None, 2])
+def test_trapezoid_is_market_matlab_compute_ap(seed, round_to):
+    problem = random_problem(seed, nq=40, ng=300, num_ids=[3, 25][seed % 2], round_to=round_to)
+    _, q_pids, g_pids, q_cams, g_cams = problem
+    assert (g_pids == -1).any() and (g_pids == 0).any()  # junk and distractors
+    assert ((g_pids[None, :] == q_pids[:, None]) & (g_cams[None, :] == q_cams[:, None])).any()  # same id, same camera
+    expected = market_matlab_aps(*problem)
+    for evaluate in (evaluate_rank, evaluate_rank_reference):
+        res = evaluate(*problem, ap="trapezoid")
+        np.testing.assert_allclose(res.ap, expected, rtol=0, atol=1e-12)  # nan (skipped) in the same places
+        assert res.mAP == pytest.approx(np.nanmean(expected), abs=1e-12)
+    assert not np.allclose(evaluate_rank(*problem).ap, expected, equal_nan=True)  # the step rule is not it
+
+
+def ecn_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """ECN's ``average_precision_score`` (reid/evaluation_metrics/ranking.py), re-stated without
+    scikit-learn: ``auc(recall, precision)`` over ``precision_recall_curve(y_true, y_score)``,
+    which has one point per distinct score, stops at full recall and ends at (recall 0, precision 1)."""
+    order = np.argsort(y_score, kind="mergesort")[::-1]
+    y_score, y_true = y_score[order], y_true[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(y_score)), y_true.size - 1]
+    tps = np.cumsum(y_true)[last_of_each_score]
+    precision, recall = tps / (last_of_each_score + 1), tps / tps[-1]
+    keep = slice(tps.searchsorted(tps[-1]), None, -1)
+    precision, recall = np.r_[precision[keep], 1], np.r_[recall[keep], 0]
+    return float(-np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2))  # trapezoids, recall decreasing
+
+
+def ecn_aps(distmat, q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
+    """ECN's ``map_cmc`` (AP part): drop same-id-same-camera items, score = -distance. ECN drops junk
+    when it parses the dataset, so the caller removes it beforehand."""
+    aps = np.full(len(q_pids), np.nan)
+    for i in range(len(q_pids)):
+        valid = (g_pids != q_pids[i]) | (g_camids != q_camids[i])
+        y_true = g_pids[valid] == q_pids[i]
+        if y_true.any():
+            aps[i] = ecn_average_precision(y_true, -distmat[i][valid])
+    return aps
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ecn_ap_is_the_trapezoid_rule_for_untied_distances(seed):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(seed, nq=40, ng=300, num_ids=[3, 25, 80][seed])
+    assert len(np.unique(dist)) == dist.size  # no ties
+    no_junk = g_pids != -1
+    ecn = ecn_aps(dist[:, no_junk], q_pids, g_pids[no_junk], q_cams, g_cams[no_junk])
+    res = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, ap="trapezoid")
+    np.testing.assert_allclose(res.ap, ecn, rtol=0, atol=1e-12)
+    assert not np.allclose(evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams).ap, ecn, equal_nan=True)
+
+
+def test_ecn_ap_treats_a_tie_as_one_point():
+    # a false and a true match tied at rank 1-2: ECN's curve goes from (0, 1) straight to
+    # (recall 1, precision 1/2): area (1 + 1/2) / 2 = 0.75. We break the tie by gallery order.
+    assert ecn_average_precision(np.array([False, True]), np.array([-0.5, -0.5])) == 0.75
+    tie = dict(distmat=np.array([[0.5, 0.5]]), q_pids=[1], q_camids=[1], g_camids=[2, 2])
+    assert evaluate_rank(**tie, g_pids=[2, 1], ap="trapezoid").ap[0] == 0.25  # match second: (0 + 1/2) / 2
+    assert evaluate_rank(**tie, g_pids=[1, 2], ap="trapezoid").ap[0] == 1.0  # match first
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_trapezoid_never_exceeds_step(seed):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(seed, round_to=[None, 1][seed % 2], num_ids=[3, 25, 80, 80][seed])
+    dist[::2] -= 0.7 * (q_pids[::2, None] == g_pids[None, :])  # even queries: all true matches come first
+    problem = dist, q_pids, g_pids, q_cams, g_cams
+    step, trap = evaluate_rank(*problem), evaluate_rank(*problem, ap="trapezoid")
+    valid = ~np.isnan(step.ap)
+    assert np.array_equal(valid, ~np.isnan(trap.ap))
+    assert np.all(trap.ap[valid] <= step.ap[valid]) and trap.mAP < step.mAP
+    # equal exactly when every true match comes before every false one, i.e. INP = |G| / R_hard = 1
+    all_first = step.inp[valid] == 1
+    np.testing.assert_array_equal(trap.ap[valid] == step.ap[valid], all_first)
+    assert all_first.any() and not all_first.all()  # both cases occur
+
+
+@BOTH
+@pytest.mark.parametrize("bad", ["Step", "trapz", "", None, 1])
+def test_unknown_ap_rule_raises(evaluate, bad):
+    with pytest.raises(ValueError, match="ap must be 'step' or 'trapezoid'"):
+        evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ap=bad)
 
 
 # --- distances --------------------------------------------------------------------------------

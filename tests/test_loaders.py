@@ -1,6 +1,6 @@
 """The re-ID datasets and loaders: (image, index) target datasets, CamStyle sampling, the
-camstyle modes, make_loader, and the image cache (each image decoded once per run, also with
-worker processes)."""
+camstyle modes (the oracle re-renders only when asked for), make_loader, and the image cache
+(each image decoded once per run, also with worker processes)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import reidlab.data.loaders as loaders
-from reidlab.data.datasets import ReIDDataset
+from reidlab.data.datasets import ReIDDataset, load_reid_dataset
 from reidlab.data.layout import Item, read_image
 from reidlab.data.loaders import (
     CAMSTYLE_MODES,
@@ -25,6 +25,7 @@ from reidlab.data.loaders import (
     make_reid_loaders,
     target_train_dataset,
 )
+from reidlab.data.synth import Scale, make_synthetic_reid
 from reidlab.data.transforms import build_test_transform
 
 
@@ -123,27 +124,48 @@ def test_make_loader(items):
 # ---------------------------------------------------------------------------------------
 
 
-def _dataset(items, style=None) -> ReIDDataset:
+def _dataset(items, style=None, oracle=None) -> ReIDDataset:
     it = [Item(*x) for x in items]
     return ReIDDataset(
         name="toy", root=Path(it[0].path).parent, train=it, query=it[:3], gallery=it[3:], num_train_pids=3,
-        num_cams=3, camstyle=style or {}, train_original_pids=[x.pid for x in it],
+        num_cams=3, camstyle=style or {}, camstyle_oracle=oracle or {}, train_original_pids=[x.pid for x in it],
     )
+
+
+def _oracle_of(style: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+    """Another set of files for the same (image, camera) pairs, as the oracle folder of a synthetic tree."""
+    out: dict[str, dict[int, str]] = {}
+    for path, fakes in style.items():
+        for c2, f in fakes.items():
+            g = Path(f).with_name(Path(f).stem + "_oracle.jpg")
+            _img(32, 16, seed=len(out) + 7 * c2).save(g)
+            out.setdefault(path, {})[c2] = str(g)
+    return out
 
 
 def test_camstyle_modes(items):
     it, style = items
+    oracle = _oracle_of(style)
     with_folder, plain = _dataset(it, style), _dataset(it)
-    assert CAMSTYLE_MODES == ("none", "folder", "color", "auto")
+    both, only_oracle = _dataset(it, style, oracle), _dataset(it, oracle=oracle)
+    assert CAMSTYLE_MODES == ("none", "folder", "oracle", "color", "auto")
     assert type(target_train_dataset(plain, None)) is ColorStyleTargetDataset  # default 'auto', no folder
     assert type(target_train_dataset(with_folder, None)) is CamStyleTargetDataset  # default 'auto', folder
     assert type(target_train_dataset(with_folder, None, camstyle="none")) is TargetDataset
     assert type(target_train_dataset(with_folder, None, camstyle="color")) is ColorStyleTargetDataset
     with pytest.raises(ValueError, match="camstyle='folder' but .* no bounding_box_train_camstyle"):
         target_train_dataset(plain, None, camstyle="folder")
+    # 'oracle' reads the oracle re-renders; 'auto' and 'folder' never do, even when they are there
+    assert target_train_dataset(both, None, camstyle="oracle").camstyle_paths == oracle
+    assert target_train_dataset(both, None, camstyle="auto").camstyle_paths == style
+    assert target_train_dataset(both, None, camstyle="folder").camstyle_paths == style
+    assert type(target_train_dataset(only_oracle, None)) is ColorStyleTargetDataset  # 'auto': no folder -> colour
+    for tree in (plain, with_folder):  # a real dataset: no oracle folder
+        with pytest.raises(ValueError, match="camstyle='oracle' but .* no bounding_box_train_camstyle_oracle"):
+            target_train_dataset(tree, None, camstyle="oracle")
     # the booleans are not modes any more: a clear error, not a silent guess
     for old in (True, False):
-        with pytest.raises(ValueError, match=rf"camstyle={old}: choose one of 'none', 'folder', 'color', 'auto'"):
+        with pytest.raises(ValueError, match=rf"camstyle={old}: choose one of 'none', 'folder', 'oracle', 'color', 'auto'"):
             target_train_dataset(with_folder, None, camstyle=old)
     with pytest.raises(ValueError, match="camstyle='x'"):
         make_reid_loaders(plain, plain, height=32, width=16, batch_size=2, camstyle="x")
@@ -159,6 +181,32 @@ def test_make_reid_loaders_default_mode_is_auto(items):
     assert all(loader.dataset.cached for loader in out)
     imgs, idx = next(iter(out.target_train))
     assert imgs.shape == (2, 3, 32, 16) and idx.shape == (2,)
+
+
+def test_oracle_mode_on_a_synthetic_tree(tmp_path):
+    """On a written tree: 'oracle' loads the re-renders, 'auto' and 'folder' the style transfers."""
+    micro = Scale(train_ids=3, train_images=9, test_ids=2, query=None, gallery_real=6, distractors=1, junk=1)
+    tree = load_reid_dataset(make_synthetic_reid(tmp_path, "synth_market", micro, seed=0, image_size=(64, 32), workers=1))
+    folders = {}
+    for mode in ("oracle", "auto", "folder"):
+        ds = target_train_dataset(tree, None, camstyle=mode)
+        gen = torch.Generator().manual_seed(0)
+        picked = [(k % len(ds), *ds.choose(k % len(ds), gen)) for k in range(60)]
+        fakes = [path for i, path, chosen in picked if chosen != ds.items[i].camid]
+        assert len(fakes) > 20
+        folders[mode] = {Path(path).parent.name for path in fakes}
+        for i in range(len(ds)):  # what a sample loads is the file its draw picks
+            torch.manual_seed(i)
+            img, index = ds[i]
+            torch.manual_seed(i)
+            assert index == i and img.tobytes() == read_image(ds.choose(i)[0]).tobytes()
+    assert folders == {"oracle": {"bounding_box_train_camstyle_oracle"}, "auto": {"bounding_box_train_camstyle"},
+                       "folder": {"bounding_box_train_camstyle"}}
+    out = make_reid_loaders(tree, tree, height=32, width=16, batch_size=2, camstyle="oracle")
+    assert out.target_train.dataset.camstyle_paths == tree.camstyle_oracle
+    plain = load_reid_dataset(tree.root, with_camstyle=False)  # as a real dataset without CamStyle images
+    with pytest.raises(ValueError, match="camstyle='oracle' but"):
+        target_train_dataset(plain, None, camstyle="oracle")
 
 
 # ---------------------------------------------------------------------------------------

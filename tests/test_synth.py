@@ -1,5 +1,6 @@
-"""The synthetic re-ID world: layout, naming, counts, determinism, caching, and that it is a
-re-ID problem (same-identity images closer than different ones) with a real domain gap."""
+"""The synthetic re-ID world: layout, naming, counts, determinism, caching, that it is a
+re-ID problem (same-identity images closer than different ones) with a real domain gap, and
+that its CamStyle images are style transfers (as a GAN's are), with oracle re-renders apart."""
 from __future__ import annotations
 
 import ast
@@ -12,12 +13,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import reidlab.data
 from reidlab.data.datasets import load_reid_dataset
 from reidlab.data.layout import parse_camstyle_name, parse_reid_name
 from reidlab.data.synth import DOMAINS, GENERATOR_VERSION, SCALES, Scale, make_synthetic_reid, render_identities
+from reidlab.data.synth.render import render_batch
+from reidlab.data.synth.restyle import transfer_style
+from reidlab.data.synth.world import camera_styles, domain_rng, sample_identities, sample_poses
 from reidlab.data.synth.write import DEFAULT_IMAGE_SIZE
 from reidlab.lessons.viz import image_grid
 
@@ -67,21 +72,92 @@ def test_camstyle_files(tiny, domain):
     tree = tiny[domain]
     C = DOMAINS[domain].num_cams
     ds = load_reid_dataset(tree)
-    files = sorted((tree / "bounding_box_train_camstyle").iterdir())
+    files = sorted(p.name for p in (tree / "bounding_box_train_camstyle").iterdir())
     assert len(files) == len(ds.train) * (C - 1)
+    # the oracle re-renders: a second folder with the same names
+    assert sorted(p.name for p in (tree / "bounding_box_train_camstyle_oracle").iterdir()) == files
+    assert ds.has_camstyle and ds.has_camstyle_oracle
     for path, _, cam in ds.train:
-        fakes = ds.camstyle_for(path)
-        assert sorted(fakes) == [c for c in range(C) if c != cam]
+        fakes, oracles = ds.camstyle_for(path), ds.camstyle_for(path, oracle=True)
+        assert sorted(fakes) == sorted(oracles) == [c for c in range(C) if c != cam]
         for c2, f in fakes.items():
-            assert Path(f).name == f"{Path(path).stem}_fake_{cam + 1}to{c2 + 1}.jpg"
-    # a CamStyle image shows the same person in the same place: it differs from the original
-    # (another camera's background and style) far less than a different person in that camera does
+            assert Path(f).name == Path(oracles[c2]).name == f"{Path(path).stem}_fake_{cam + 1}to{c2 + 1}.jpg"
+            assert Path(f).parent.name == "bounding_box_train_camstyle"
+            assert Path(oracles[c2]).parent.name == "bounding_box_train_camstyle_oracle"
     path, pid, cam = ds.train[0]
     c2 = (cam + 1) % C
     orig, fake = _pixels(Path(path)), _pixels(Path(ds.camstyle_for(path)[c2]))
     assert orig.shape == fake.shape and not np.array_equal(orig, fake)
     stem, target = parse_camstyle_name(ds.camstyle_for(path)[c2])
     assert stem == Path(path).stem and target == c2
+
+
+def _edges(x: np.ndarray) -> np.ndarray:
+    """Luminance gradient magnitudes at half resolution (2x2 means: sensor noise averaged out)."""
+    lum = x.mean(-1)
+    H, W = lum.shape
+    lum = lum.reshape(H // 2, 2, W // 2, 2).mean((1, 3))
+    return np.hypot(np.diff(lum, axis=1)[:-1], np.diff(lum, axis=0)[:, :-1]).ravel()
+
+
+@pytest.mark.parametrize("domain", list(DOMAINS))
+def test_camstyle_is_a_style_transfer_not_a_rerender(tiny, domain):
+    """A CamStyle image of c -> c2 keeps the original's layout (its edges: person and camera c's
+    background structures) and takes camera c2's colours, like a CycleGAN image; it is not the
+    oracle re-render (camera c2's background, pixel-aligned), which lies in its own folder."""
+    ds = load_reid_dataset(tiny[domain])
+    real_mean = {c: np.mean([_pixels(Path(p)).mean((0, 1)) for p, _, cc in ds.train if cc == c], 0)
+                 for c in range(ds.num_cams)}
+    to_oracle, edge_orig, edge_oracle, dist_orig, dist_fake = [], [], [], [], []
+    pooled: dict[tuple[int, int], list] = {}
+    for path, _, cam in ds.train[::3]:
+        orig = _pixels(Path(path))
+        for c2, f in ds.camstyle_for(path).items():
+            fake, oracle = _pixels(Path(f)), _pixels(Path(ds.camstyle_for(path, oracle=True)[c2]))
+            to_oracle.append(np.abs(fake - oracle).mean())
+            edge_orig.append(np.corrcoef(_edges(fake), _edges(orig))[0, 1])
+            edge_oracle.append(np.corrcoef(_edges(fake), _edges(oracle))[0, 1])
+            dist_orig.append(np.linalg.norm(orig.mean((0, 1)) - real_mean[c2]))
+            dist_fake.append(np.linalg.norm(fake.mean((0, 1)) - real_mean[c2]))
+            pooled.setdefault((cam, c2), []).append((orig.mean((0, 1)), fake.mean((0, 1))))
+    edge_orig, edge_oracle = np.array(edge_orig), np.array(edge_oracle)
+    assert len(to_oracle) > 300
+    assert np.mean(to_oracle) > 0.04  # not the oracle: on average 10 of 255 levels or more per pixel
+    # the original's layout: its edges explain the CamStyle image's far better than the oracle's do
+    assert edge_orig.mean() > 0.75 and edge_orig.mean() > edge_oracle.mean() + 0.08
+    assert (edge_orig > edge_oracle).mean() > 0.95
+    # camera c2's colours: per image and pooled per camera pair, closer to c2's real images than the original
+    assert np.mean(dist_fake) < 0.85 * np.mean(dist_orig)
+    before = [np.linalg.norm(np.mean([o for o, _ in v], 0) - real_mean[c2]) for (_, c2), v in pooled.items()]
+    after = [np.linalg.norm(np.mean([f for _, f in v], 0) - real_mean[c2]) for (_, c2), v in pooled.items()]
+    assert np.mean(after) < 0.7 * np.mean(before)
+
+
+def _camera_batch(domain: str, cam: int, n: int = 32) -> tuple[torch.Tensor, list]:
+    """``n`` fresh images of camera ``cam`` as floats (B, 3, H, W), and the domain's cameras."""
+    dom = DOMAINS[domain]
+    styles = camera_styles(dom)
+    rng = domain_rng(dom, 0, "restyle-test")
+    pose = sample_poses(np.full(n, cam), styles, rng, np.zeros(n, int))
+    imgs = render_batch(sample_identities(dom, n, rng), pose, styles[cam], noise_seed=1)
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0, styles
+
+
+def test_transfer_style_is_deterministic_and_moves_to_the_target_camera():
+    x, styles = _camera_batch("synth_duke", 0)
+    before = x.clone()
+    a = transfer_style(x, styles[0], styles[4], torch.Generator().manual_seed(5))
+    b = transfer_style(x, styles[0], styles[4], torch.Generator().manual_seed(5))
+    c = transfer_style(x, styles[0], styles[4], torch.Generator().manual_seed(6))
+    assert torch.equal(x, before)  # the input is not modified
+    assert a.shape == x.shape and a.dtype == torch.float32 and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c)  # all randomness from the generator
+    assert (a[0] - c[0]).abs().mean() > 0.005  # another seed: other errors, artifacts and noise
+    # the mean colour moves towards camera 4's images of the same people
+    target, _ = _camera_batch("synth_duke", 4)
+    assert (a.mean((0, 2, 3)) - target.mean((0, 2, 3))).norm() < 0.6 * (x.mean((0, 2, 3)) - target.mean((0, 2, 3))).norm()
+    with pytest.raises(ValueError, match="expected"):
+        transfer_style(x[:, :1], styles[0], styles[4], torch.Generator())
 
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
@@ -95,6 +171,8 @@ def test_manifest_true_ids(tiny, domain):
     assert man["domain"] == domain and man["scale"] == "tiny" and man["seed"] == 0
     assert man["num_cams"] == DOMAINS[domain].num_cams and len(man["cameras"]) == man["num_cams"]
     assert set(man["identities"]) >= {str(p) for p in man["train_true_pids"].values()}
+    n_fake = len(train_files) * (man["num_cams"] - 1)
+    assert man["counts"]["camstyle"] == man["counts"]["camstyle_oracle"] == n_fake
     ds = load_reid_dataset(tree)
     assert [man["train_true_pids"][Path(p).name] for p, _, _ in ds.train] == ds.train_original_pids
 
@@ -155,9 +233,10 @@ def test_determinism_and_seed(tmp_path):
     files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
     n_query = len(list((a / "query").iterdir()))
-    assert len(files_a) == 12 + 12 * 7 + n_query + 10 + 2 + 2  # train, CamStyle (8 cameras), query, gallery
-    for f in files_a:
-        assert np.array_equal(_pixels(a / f), _pixels(b / f)), f
+    # train, CamStyle and oracle CamStyle (8 cameras), query, gallery
+    assert len(files_a) == 12 + 12 * 7 + 12 * 7 + n_query + 10 + 2 + 2
+    for f in files_a:  # the same bytes, whatever the number of threads (style transfers included)
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert files_a != sorted(p.relative_to(c) for p in c.rglob("*.jpg"))
 
 
@@ -191,14 +270,16 @@ def test_load_by_name_generates_under_root(tmp_path):
 
 def test_without_camstyle_and_other_sizes(tmp_path):
     """write_camstyle=False and a non-default size: own folder names, no CamStyle folder, the size asked for."""
-    assert DEFAULT_IMAGE_SIZE == (128, 64) and GENERATOR_VERSION == 3
+    assert DEFAULT_IMAGE_SIZE == (128, 64) and GENERATOR_VERSION == 4
     out = make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=2, image_size=(64, 32), write_camstyle=False)
     assert out.name.endswith("-seed2-64x32-nocamstyle")
     assert not (out / "bounding_box_train_camstyle").exists()
+    assert not (out / "bounding_box_train_camstyle_oracle").exists()
     man = json.loads((out / "manifest.json").read_text())
-    assert man["camstyle"] is False and man["counts"]["camstyle"] == 0 and man["image_size"] == [64, 32]
+    assert man["camstyle"] is False and man["counts"]["camstyle"] == man["counts"]["camstyle_oracle"] == 0
+    assert man["image_size"] == [64, 32]
     ds = load_reid_dataset(out)
-    assert not ds.has_camstyle and ds.num_cams == 6
+    assert not ds.has_camstyle and not ds.has_camstyle_oracle and ds.num_cams == 6
     assert Image.open(ds.train[0].path).size == (32, 64)
 
 
@@ -227,7 +308,9 @@ def test_data_modules_import_one_way():
     parser and the colour stand-in never the loaders."""
     graph = _data_imports()
     assert graph["reidlab.data.layout"] <= {"reidlab"}  # the bottom: nothing of reidlab.data
-    for mod in ("reidlab.data.synth", "reidlab.data.synth.world", "reidlab.data.synth.render", "reidlab.data.synth.write"):
+    synth = ("reidlab.data.synth", "reidlab.data.synth.world", "reidlab.data.synth.render",
+             "reidlab.data.synth.restyle", "reidlab.data.synth.write")
+    for mod in synth:
         assert "reidlab.data.datasets" not in graph[mod] and "reidlab.data.loaders" not in graph[mod], mod
     assert "reidlab.data.loaders" not in graph["reidlab.data.camstyle"]
 

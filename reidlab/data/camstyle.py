@@ -3,8 +3,9 @@
 ECN (Zhong et al., CVPR 2019) learns *camera invariance* from CamStyle images: every target
 training image re-rendered in the style of each other camera by a CycleGAN (Zhong et al.,
 CVPR 2018), shipped as ``bounding_box_train_camstyle/``. The synthetic worlds of this series
-write such a folder themselves (the same person re-rendered by another camera,
-:mod:`reidlab.data.synth`). For a real dataset without one, training a CycleGAN per camera
+write such a folder themselves (each image's style transferred to another camera, with the
+artifacts a GAN leaves, :mod:`reidlab.data.synth.restyle`; plus the oracle re-renders as an
+ablation). For a real dataset without one, training a CycleGAN per camera
 pair is out of reach here, so this module provides a cheap, documented substitute:
 
 **colour-statistics transfer** (Reinhard et al., "Color Transfer between Images", IEEE

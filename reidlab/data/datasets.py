@@ -30,6 +30,7 @@ from typing import Sequence
 
 from .layout import (
     CAMSTYLE_DIR,
+    CAMSTYLE_ORACLE_DIR,
     GALLERY_DIR,
     IMAGE_EXTENSIONS,
     QUERY_DIR,
@@ -75,6 +76,10 @@ class ReIDDataset:
     camstyle:
         For each training image path: ``{target camid: CamStyle image path}``; empty when
         the tree has no ``bounding_box_train_camstyle`` folder.
+    camstyle_oracle:
+        The same mapping for ``bounding_box_train_camstyle_oracle/`` (synthetic trees only:
+        the person re-rendered by the other camera, an ablation, see
+        :mod:`reidlab.data.synth.write`); empty for a real dataset.
     train_original_pids:
         The original pid of each training item (same order as ``train``), i.e. the hidden
         true identity that an unsupervised (target-domain) method must not use for training
@@ -89,6 +94,7 @@ class ReIDDataset:
     num_train_pids: int
     num_cams: int
     camstyle: dict[str, dict[int, str]] = field(default_factory=dict)
+    camstyle_oracle: dict[str, dict[int, str]] = field(default_factory=dict)
     train_original_pids: list[int] = field(default_factory=list)
     num_junk_dropped: dict[str, int] = field(default_factory=dict)
 
@@ -97,9 +103,14 @@ class ReIDDataset:
         """Whether the tree's CamStyle images were parsed (ECN's ``'auto'`` mode looks at this)."""
         return bool(self.camstyle)
 
-    def camstyle_for(self, path: str) -> dict[int, str]:
-        """The CamStyle images of one training image, keyed by 0-based target camera."""
-        return self.camstyle.get(str(path), {})
+    @property
+    def has_camstyle_oracle(self) -> bool:
+        """Whether the tree's oracle CamStyle images were parsed (``camstyle='oracle'`` needs them)."""
+        return bool(self.camstyle_oracle)
+
+    def camstyle_for(self, path: str, *, oracle: bool = False) -> dict[int, str]:
+        """The CamStyle images of one training image, keyed by 0-based target camera (``oracle``: the re-renders)."""
+        return (self.camstyle_oracle if oracle else self.camstyle).get(str(path), {})
 
     def summary(self) -> str:
         """A small table like the one ECN and torchreid print when a dataset is loaded."""
@@ -215,8 +226,9 @@ def load_reid_dataset(
         Only for the synthetic domains: a scale name (``'tiny'``, ``'small'``, ``'market'``)
         or a :class:`~reidlab.data.synth.world.Scale`.
     with_camstyle:
-        Parse ``bounding_box_train_camstyle/`` when present (``False``: leave
-        :attr:`ReIDDataset.camstyle` empty, to treat a tree as a real dataset without
+        Parse ``bounding_box_train_camstyle/`` and ``bounding_box_train_camstyle_oracle/``
+        when present (``False``: leave :attr:`ReIDDataset.camstyle` and
+        :attr:`ReIDDataset.camstyle_oracle` empty, to treat a tree as a real dataset without
         CamStyle images, or to skip parsing thousands of names that will not be used).
         Which target dataset ECN then trains on is the loader's ``camstyle=`` mode
         (:func:`reidlab.data.loaders.target_train_dataset`).
@@ -256,9 +268,10 @@ def load_reid_dataset(
     cams_seen = 1 + max(c for items in (train, query, gallery) for _, _, c in items)
     num_cams = max(known_cams or 0, cams_seen)
 
-    style: dict[str, dict[int, str]] = {}
-    if with_camstyle and (path / CAMSTYLE_DIR).is_dir():
-        style = _parse_camstyle(path / CAMSTYLE_DIR, train)
+    style, oracle = (
+        _parse_camstyle(path / d, train) if with_camstyle and (path / d).is_dir() else {}
+        for d in (CAMSTYLE_DIR, CAMSTYLE_ORACLE_DIR)
+    )
     return ReIDDataset(
         name=name,
         root=path,
@@ -268,6 +281,7 @@ def load_reid_dataset(
         num_train_pids=len(pid_map),
         num_cams=num_cams,
         camstyle=style,
+        camstyle_oracle=oracle,
         train_original_pids=[inverse[p] for _, p, _ in train],
         num_junk_dropped={"train": junk_train, "query": junk_query, "gallery": junk_gallery},
     )

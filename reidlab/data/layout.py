@@ -3,10 +3,11 @@
 Every person re-ID benchmark used by ECN is distributed (or, for MSMT17, re-packed by the
 ECN authors) in the layout of Market-1501::
 
-    <root>/bounding_box_train/            training images (labelled)
-    <root>/bounding_box_test/             gallery images
-    <root>/query/                         query images
-    <root>/bounding_box_train_camstyle/   optional: CamStyle images of the training set
+    <root>/bounding_box_train/                  training images (labelled)
+    <root>/bounding_box_test/                   gallery images
+    <root>/query/                               query images
+    <root>/bounding_box_train_camstyle/         optional: CamStyle images of the training set
+    <root>/bounding_box_train_camstyle_oracle/  synthetic trees only: re-rendered CamStyle images
 
 and the identity and the camera are read from each file name:
 
@@ -24,6 +25,12 @@ CamStyle (MSMT17)  ``0000_c14_0030_fake_3.jpg``      ECN's MSMT17 set names only
 =================  ================================  ==========================================
 
 The parse rule is ECN's and open-reid's: ``<pid>_c<cam>`` at the start of the name.
+
+The two CamStyle folders hold the same file names. ``bounding_box_train_camstyle/`` is what
+ECN ships (CycleGAN outputs: the original image style-transferred to another camera; the
+synthetic writer makes the same kind, :mod:`reidlab.data.synth.restyle`);
+``bounding_box_train_camstyle_oracle/`` exists only in synthetic trees: the person re-rendered
+by the other camera, pixel-aligned, which no GAN can produce, kept as an ablation.
 
 This module is the bottom of :mod:`reidlab.data`: the synthetic writer
 (:mod:`reidlab.data.synth`), the parser (:mod:`reidlab.data.datasets`), the colour stand-in
@@ -45,6 +52,7 @@ __all__ = [
     "GALLERY_DIR",
     "QUERY_DIR",
     "CAMSTYLE_DIR",
+    "CAMSTYLE_ORACLE_DIR",
     "IMAGE_EXTENSIONS",
     "Item",
     "parse_reid_name",
@@ -58,6 +66,8 @@ TRAIN_DIR = "bounding_box_train"
 GALLERY_DIR = "bounding_box_test"
 QUERY_DIR = "query"
 CAMSTYLE_DIR = "bounding_box_train_camstyle"
+#: Synthetic trees only: the oracle CamStyle images (re-rendered, not style-transferred), same names.
+CAMSTYLE_ORACLE_DIR = "bounding_box_train_camstyle_oracle"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 _NAME_RE = re.compile(r"^(-?\d+)_c(\d+)")
@@ -166,7 +176,8 @@ def list_images(folder: Path) -> list[Path]:
 def _split_of(path: str) -> str:
     """Which split an image belongs to, from its folder (for error messages)."""
     folder = Path(path).parent.name
-    names = {TRAIN_DIR: "train", QUERY_DIR: "query", GALLERY_DIR: "gallery", CAMSTYLE_DIR: "CamStyle"}
+    names = {TRAIN_DIR: "train", QUERY_DIR: "query", GALLERY_DIR: "gallery", CAMSTYLE_DIR: "CamStyle",
+             CAMSTYLE_ORACLE_DIR: "oracle CamStyle"}
     return f"{names[folder]} split, {folder}/" if folder in names else f"folder {folder}/"
 
 

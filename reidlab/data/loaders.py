@@ -11,7 +11,7 @@ from :func:`reidlab.data.datasets.load_reid_dataset` (notebook 08 introduces the
 * :class:`CamStyleTargetDataset` -- ``(image, index)`` like ECN's
   ``UnsupervisedCamStylePreprocessor``: per sample, draw one of the ``num_cams`` cameras
   uniformly; its own camera gives the original image, any other camera the CamStyle image
-  rendered in that camera's style. With 6 cameras, 1/6 of the samples are originals;
+  in that camera's style. With 6 cameras, 1/6 of the samples are originals;
 * :class:`ColorStyleTargetDataset` -- the same sampling for a target set *without* CamStyle
   images: another camera's style is imitated on the fly by colour-statistics transfer
   (:mod:`reidlab.data.camstyle`, a documented stand-in).
@@ -203,7 +203,7 @@ class CamStyleTargetDataset(_Base):
                 path, c = gaps[0]
                 raise ValueError(
                     f"{len(gaps)} CamStyle images missing, e.g. camera {c + 1} for {path} "
-                    "(expected bounding_box_train_camstyle/<name>_fake_<c>to<c2>.jpg; pass missing='original' to fall back)"
+                    "(expected <CamStyle folder>/<name>_fake_<c>to<c2>.jpg; pass missing='original' to fall back)"
                 )
 
     def cache_paths(self) -> list[str]:
@@ -293,7 +293,7 @@ class ColorStyleTargetDataset(_Base):
 
 #: The ``camstyle=`` modes of :func:`make_reid_loaders` / :func:`target_train_dataset`: where
 #: the other cameras' views of a target image come from (see :func:`target_train_dataset`).
-CAMSTYLE_MODES: tuple[str, ...] = ("none", "folder", "color", "auto")
+CAMSTYLE_MODES: tuple[str, ...] = ("none", "folder", "oracle", "color", "auto")
 
 
 def _check_camstyle_mode(camstyle: str) -> str:
@@ -315,17 +315,22 @@ def target_train_dataset(
     color_space: str = "lab",
     seed: int = 0,
 ) -> Dataset:
-    """The target-domain training set for ECN: plain, CamStyle folder, or colour stand-in.
+    """The target-domain training set for ECN: plain, CamStyle folder, oracle re-renders, or colour stand-in.
 
     ``camstyle`` (one of :data:`CAMSTYLE_MODES`):
 
     * ``'none'`` -- :class:`TargetDataset` (no camera invariance: ECN's E, E+N);
     * ``'folder'`` -- :class:`CamStyleTargetDataset` on the tree's
-      ``bounding_box_train_camstyle`` images; a ``ValueError`` if it has none (asked for
-      explicitly, a missing folder is an error, not a silent fallback);
+      ``bounding_box_train_camstyle`` images (ECN's CamStyle images: style transfers, in a
+      synthetic tree made like a GAN's, :mod:`reidlab.data.synth.restyle`); a ``ValueError``
+      if it has none (asked for explicitly, a missing folder is an error, not a silent fallback);
+    * ``'oracle'`` -- :class:`CamStyleTargetDataset` on ``bounding_box_train_camstyle_oracle``:
+      the person re-rendered by the other camera, pixel-aligned, which only a synthetic tree
+      has. An ablation (how much do the GAN's imperfections cost?); a ``ValueError`` without it;
     * ``'color'`` -- :class:`ColorStyleTargetDataset` (the colour-statistics stand-in);
     * ``'auto'`` (default) -- the folder when the tree has one, else the colour stand-in, so
-      camera invariance is always trained when asked for.
+      camera invariance is always trained when asked for. Never the oracle: the default
+      must be what a real dataset could give.
 
     ``color_space`` and ``seed`` only matter for the colour stand-in: the space of the
     transfer and the draw of the images its camera statistics are computed from.
@@ -342,6 +347,14 @@ def target_train_dataset(
                 "use camstyle='color' for the colour-statistics stand-in"
             )
         return CamStyleTargetDataset(target.train, target.camstyle, target.num_cams, transform, cache=cache)
+    if mode == "oracle":
+        if not target.has_camstyle_oracle:
+            raise ValueError(
+                f"camstyle='oracle' but {target.root} has no bounding_box_train_camstyle_oracle/ images "
+                "(only synthetic trees written with CamStyle images have them); "
+                "use camstyle='folder' for the CamStyle images or 'color' for the colour-statistics stand-in"
+            )
+        return CamStyleTargetDataset(target.train, target.camstyle_oracle, target.num_cams, transform, cache=cache)
     stats = camera_color_stats(target.train, target.num_cams, space=color_space, seed=seed)
     return ColorStyleTargetDataset(target.train, stats, target.num_cams, transform, cache=cache)
 

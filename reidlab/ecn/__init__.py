@@ -6,6 +6,8 @@ runs it.
   :func:`scaled_schedule` (ECN's lr step and kNN start scaled to a shorter run);
 * :mod:`reidlab.ecn.loop` -- the ECN step and one epoch (:func:`run_epoch`), and
   :func:`train_source`, the supervised source baseline that shares that loop;
+* :mod:`reidlab.ecn.pretrain` -- the backbone pretrained here on a third synthetic domain
+  (:func:`synthetic_weights`, ``--pretrained synthetic``), the stand-in for ImageNet weights;
 * :mod:`reidlab.ecn.run` -- :func:`train_ecn`: build, train, checkpoint, resume, log;
 * :mod:`reidlab.ecn.rundir` -- the run folder: checks, a lock, checkpoints and logs, nothing lost;
 * :mod:`reidlab.ecn.cli` -- the command line, one flag per setting.
@@ -13,7 +15,8 @@ runs it.
 from .cli import main
 from .config import INVARIANCES, ECNConfig, scaled_schedule
 from .loop import ecn_loss, make_optimizer, run_epoch, split_batch, train_source
-from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_domains, train_ecn
+from .pretrain import SYNTHETIC, synthetic_weights
+from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_domains, pretrained_weights, train_ecn
 from .rundir import load_checkpoint
 
 __all__ = [
@@ -25,6 +28,9 @@ __all__ = [
     "ecn_loss",
     "run_epoch",
     "train_source",
+    "SYNTHETIC",
+    "synthetic_weights",
+    "pretrained_weights",
     "ECNParts",
     "ECNResult",
     "load_domains",

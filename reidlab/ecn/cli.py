@@ -171,9 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not info.is_main:
         return 0
     m = result.metrics
+    rule = f" (Market-1501's trapezoid rule, ECN's: {_pct(m['mAP_trapezoid'])})" if "mAP_trapezoid" in m else ""
     src = f"; source rank-1 {_pct(m['source_rank1'])} mAP {_pct(m['source_mAP'])}" if "source_rank1" in m else ""
     print(
         f"ECN {config.invariance} {config.source} -> {config.target}: target rank-1 {_pct(m['rank1'])} "
-        f"mAP {_pct(m['mAP'])} after {len(result.history)} epochs{src} ({args.out})"
+        f"mAP {_pct(m['mAP'])}{rule} after {len(result.history)} epochs{src} ({args.out})"
     )
     return 0

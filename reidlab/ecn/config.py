@@ -67,6 +67,7 @@ DERIVED_KEYS: tuple[str, ...] = ("batch_per_process", "decay_epoch", "knn_epoch"
 #: The settings a profile (``ci`` / ``laptop`` / ``gpu``, :mod:`reidlab.profiles`) decides.
 PROFILE_KEYS: tuple[str, ...] = (
     "height", "width", "arch", "batch_size", "epochs", "amp", "channels_last", "num_workers", "synth_scale",
+    "pretrained",
 )
 
 
@@ -120,7 +121,9 @@ class ECNConfig:
     synth_seed: int = _setting(0, "seed of a synthetic world")
     # network
     arch: str = _setting("resnet50", "backbone: resnet18/34/50 or resnet18/34/50_ibn_a")
-    pretrained: str | None = _setting(None, "initial weights: a torchvision weights name (IMAGENET1K_V1) or a file")
+    pretrained: str | None = _setting(
+        None, "initial weights: synthetic (pretrained here, reidlab.ecn.pretrain), a torchvision weights name "
+        "(IMAGENET1K_V1) or a file; none: random")
     num_features: int = _setting(4096, "width of the embedding (ECN: FC-4096 + BN)")
     dropout: float = _setting(0.5, "dropout before the classifiers")
     neck: str = _setting("no", "no | bnneck")

@@ -29,10 +29,12 @@ from ..evaluation import evaluate_rank, extract_features, pairwise_distance
 from ..files import atomic_write_text
 from ..memory import InvarianceLoss
 from ..models import ReIDNet
+from ..profiles import resolve_profile
 from ..runtime import resolve_device, seed_everything
 from ..syncbn import convert_sync_bn
 from .config import ECNConfig, knn_warning
 from .loop import ECNForward, ecn_epoch, make_optimizer
+from .pretrain import SYNTHETIC, synthetic_weights
 from .rundir import (
     check_out_dir,
     check_resumable,
@@ -50,6 +52,7 @@ __all__ = [
     "ECNResult",
     "load_domains",
     "build_ecn",
+    "pretrained_weights",
     "evaluate_model",
     "train_ecn",
 ]
@@ -82,7 +85,8 @@ class ECNResult:
     """What :func:`train_ecn` returns.
 
     ``history`` has one dict per epoch (the columns of ``log.csv``); ``metrics`` the final
-    target-domain test metrics (``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP``, fractions)
+    target-domain test metrics (``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mAP_trapezoid``, ``mINP``,
+    fractions; :func:`evaluate_model`)
     and, with ``eval_source``, the same for the source domain prefixed ``source_``.
     """
 
@@ -115,11 +119,29 @@ def load_domains(config: ECNConfig) -> tuple[ReIDDataset, ReIDDataset]:
     return load_reid_dataset(config.source, root, **kw), load_reid_dataset(config.target, root, **kw)
 
 
+def pretrained_weights(config: ECNConfig, device: str | torch.device = "cpu", *, progress: bool = True) -> str | None:
+    """What ``ReIDNet(pretrained=...)`` gets for ``config.pretrained``.
+
+    ``'synthetic'`` is the file of :func:`reidlab.ecn.pretrain.synthetic_weights` for this
+    architecture, input size and profile (trained on ``device`` on first use, then cached in
+    the data dir); anything else (``None``, a torchvision weights name, a file) is passed on.
+    A config without a profile label takes the pretraining size of the profile
+    :func:`reidlab.profiles.resolve_profile` picks.
+    """
+    if config.pretrained != SYNTHETIC:
+        return config.pretrained
+    profile = config.profile or resolve_profile().name
+    return os.fspath(synthetic_weights(
+        config.arch, height=config.height, width=config.width, profile=profile, device=device,
+        root=config.data_dir, progress=progress,
+    ))
+
+
 def _build_model(config: ECNConfig, num_classes: int, num_samples: int, device: torch.device):
     """ReIDNet and (unless source-only) its InvarianceLoss with one slot per target training image."""
     cuda = device.type == "cuda"
     model = ReIDNet(
-        num_classes, config.arch, pretrained=config.pretrained, num_features=config.num_features,
+        num_classes, config.arch, pretrained=pretrained_weights(config, device), num_features=config.num_features,
         dropout=config.dropout, neck=config.neck, freeze=config.freeze, channels_last=config.channels_last and cuda,
     ).to(device)
     criterion = None
@@ -160,7 +182,8 @@ def build_ecn(
     if config.pretrained is None and config.freeze is not None:
         warnings.warn(
             f"freeze={config.freeze!r} with pretrained=None freezes randomly initialised layers (ECN freezes "
-            "ImageNet-trained ones): pass pretrained (e.g. 'IMAGENET1K_V1' or a weights file) or freeze=None",
+            "ImageNet-trained ones): pass pretrained ('synthetic', made here, 'IMAGENET1K_V1' or a weights file) "
+            "or freeze=None",
             UserWarning,
             stacklevel=2,
         )
@@ -220,16 +243,20 @@ def evaluate_model(
     """Market-protocol rank-1/5/10, mAP and mINP (fractions) of ``model`` on a query/gallery pair.
 
     ``model`` returns its test feature in eval mode (ReIDNet: L2-normalised pool5, as ECN
-    tests); distances are euclidean (:mod:`reidlab.evaluation`, notebook 08).
+    tests); distances are euclidean (:mod:`reidlab.evaluation`, notebook 08). ``mAP`` is
+    non-interpolated (torchreid's rule); ``mAP_trapezoid`` is Market-1501's official rule,
+    which ECN's evaluator computes too: the paper's numbers compare with that one.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
         q = extract_features(model, query_loader, dev, labels=True)
         g = extract_features(model, gallery_loader, dev, labels=True)
-    res = evaluate_rank(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids, max_rank=10)
+    dist = pairwise_distance(q.features, g.features)
+    res = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10)
+    trapezoid = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10, ap="trapezoid")
     return {
         "rank1": float(res.cmc[0]), "rank5": float(res.cmc[4]), "rank10": float(res.cmc[9]),
-        "mAP": float(res.mAP), "mINP": float(res.mINP),
+        "mAP": float(res.mAP), "mAP_trapezoid": float(trapezoid.mAP), "mINP": float(res.mINP),
     }
 
 
@@ -350,6 +377,8 @@ def _start_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo):
     """Load (or generate) the data; then, on rank 0, announce a kNN term that never starts, move an
     old run aside and write config.json. The data comes first: nothing is replaced before it loads."""
     domains = load_domains(config)
+    if not resume or not (out / "checkpoint.pt").exists():
+        pretrained_weights(config, _process_device(config, info))  # trained once here, not by every process
     if info.is_main:
         if (reason := knn_warning(config)) is not None:
             warnings.warn(reason, UserWarning, stacklevel=3)

@@ -2,8 +2,9 @@
 
 Rendering is vectorised: every shape is a signed-distance function evaluated with PyTorch
 over a batch of images at once (anti-aliased by a one-pixel ramp), then composited back to
-front on a :class:`Canvas`. A batch is drawn in two steps, because CamStyle images need the
-same person seen by every camera:
+front on a :class:`Canvas`. A batch is drawn in two steps, because the *oracle* CamStyle
+images (an ablation, ``bounding_box_train_camstyle_oracle/``) need the same person seen by
+every camera:
 
 1. :func:`render_person_layer` paints the people on a transparent layer (colour premultiplied
    by coverage, plus transmittance);
@@ -13,7 +14,10 @@ same person seen by every camera:
 
 What is drawn (identities, poses, cameras) comes from :mod:`reidlab.data.synth.world`;
 :mod:`reidlab.data.synth.write` calls these functions to write a tree, and
-:func:`render_identities` draws a preview without touching the disk (notebook 00).
+:func:`render_identities` draws a preview without touching the disk (notebook 00). The
+CamStyle images proper are not rendered here: :mod:`reidlab.data.synth.restyle` makes them
+from the finished image, as a GAN does, with the camera helpers below
+(:func:`background_template`, :func:`vignette_map`, :func:`blur_passes`).
 The same inputs give the same pixels: the only randomness here is the sensor noise, drawn
 from a generator seeded by the caller.
 """
@@ -45,6 +49,9 @@ __all__ = [
     "render_batch",
     "render_identities",
     "one_torch_thread",
+    "background_template",
+    "vignette_map",
+    "blur_passes",
 ]
 
 
@@ -116,8 +123,13 @@ def _capsule(u, v, au, av, bu, bv, r):
 _BG_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def _background_template(style: CameraStyle, H: int, W: int) -> torch.Tensor:
-    """The camera's background, twice as wide as an image, ``(3, H, 2W)``; cached."""
+def background_template(style: CameraStyle, H: int, W: int) -> torch.Tensor:
+    """The camera's background, twice as wide as an image, ``(3, H, 2W)``; cached.
+
+    Each image shows a window of it (:func:`_render_background`); its mean over the width, the
+    camera's average background colour at each height, is what the style transfer of
+    :mod:`reidlab.data.synth.restyle` tints backgrounds towards.
+    """
     key = (style, H, W)
     if key in _BG_CACHE:
         return _BG_CACHE[key]
@@ -153,7 +165,7 @@ def _render_background(cv: Canvas, style: CameraStyle, pose: dict[str, np.ndarra
     identity) by a fixed background patch.
     """
     B, H, W = cv.B, cv.H, cv.W
-    template = _background_template(style, H, W)
+    template = background_template(style, H, W)
     shift = torch.as_tensor((pose["bg_shift"] * W).astype(np.int64))  # per-image pan of the camera
     idx = shift.view(B, 1) + torch.arange(W).view(1, W)
     bg = template[:, :, idx]  # (3, H, B, W)
@@ -382,28 +394,55 @@ def _render_occluder(cv: Canvas, pose: dict[str, np.ndarray]) -> None:
 _VIGNETTE: dict[tuple[int, int], torch.Tensor] = {}
 
 
+def vignette_map(H: int, W: int) -> torch.Tensor:
+    """``(H, W)``: twice the squared distance from the image centre (0 there, 1 in a corner); cached.
+
+    A camera darkens pixel ``p`` by ``1 - style.vignette * vignette_map[p]``.
+    """
+    if (H, W) not in _VIGNETTE:
+        yy = (torch.arange(H, dtype=torch.float32) + 0.5) / H - 0.5
+        xx = (torch.arange(W, dtype=torch.float32) + 0.5) / W - 0.5
+        _VIGNETTE[(H, W)] = 2.0 * (yy.view(-1, 1) ** 2 + xx.view(1, -1) ** 2)
+    return _VIGNETTE[(H, W)]
+
+
+def blur_passes(blur: float, H: int) -> int:
+    """How many 3x3 box-filter passes make a Gaussian blur of ``blur`` pixels (at 128x64) at height ``H``."""
+    return int(round(1.5 * (blur * (H / 128.0)) ** 2))  # a 3x3 box filter has variance 2/3 per axis
+
+
+def _box_blur(x: torch.Tensor, passes: int) -> torch.Tensor:
+    """``passes`` 3x3 box filters over ``x`` (B,C,H,W), edges replicated: about a Gaussian blur."""
+    for _ in range(passes):
+        x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x
+
+
+def _lose_resolution(x: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Down-sample ``x`` (B,C,H,W) by ``resolution`` (area) and up again (bilinear): a low-resolution sensor."""
+    if resolution >= 0.999:
+        return x
+    H, W = x.shape[-2:]
+    h2, w2 = max(4, round(H * resolution)), max(2, round(W * resolution))
+    x = F.interpolate(x, size=(h2, w2), mode="area")
+    return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+
+
 def _apply_style(img: torch.Tensor, style: CameraStyle, gen: torch.Generator) -> torch.Tensor:
     """The camera: white balance, contrast/brightness, gamma, saturation, tint, vignette,
-    resolution loss, blur, noise (in that order, on a batch seen by one camera)."""
-    B, C, H, W = img.shape
-    s = H / 128.0
+    resolution loss, blur, noise (in that order, on a batch seen by one camera).
+
+    :mod:`reidlab.data.synth.restyle` inverts the colour steps (approximately) to move an
+    image from one camera to another, as a CamStyle GAN does.
+    """
+    H, W = img.shape[-2:]
     gain = torch.tensor(style.wb).view(1, 3, 1, 1) * style.contrast
     x = torch.addcmul(torch.tensor(0.5 - 0.5 * style.contrast + style.brightness), img, gain)
     x.clamp_(0.0, 1.0).pow_(style.gamma)
     gray = x.mean(1, keepdim=True)
     x.sub_(gray).mul_(style.saturation).add_(gray)
-    if (H, W) not in _VIGNETTE:
-        yy = (torch.arange(H, dtype=torch.float32) + 0.5) / H - 0.5
-        xx = (torch.arange(W, dtype=torch.float32) + 0.5) / W - 0.5
-        _VIGNETTE[(H, W)] = 2.0 * (yy.view(-1, 1) ** 2 + xx.view(1, -1) ** 2)
-    x.mul_(1.0 - style.vignette * _VIGNETTE[(H, W)]).add_(torch.tensor(style.tint).view(1, 3, 1, 1))
-    if style.resolution < 0.999:
-        h2, w2 = max(4, round(H * style.resolution)), max(2, round(W * style.resolution))
-        x = F.interpolate(x, size=(h2, w2), mode="area")
-        x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
-    passes = int(round(1.5 * (style.blur * s) ** 2))  # a 3x3 box filter has variance 2/3 per axis
-    for _ in range(passes):
-        x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x.mul_(1.0 - style.vignette * vignette_map(H, W)).add_(torch.tensor(style.tint).view(1, 3, 1, 1))
+    x = _box_blur(_lose_resolution(x, style.resolution), blur_passes(style.blur, H))
     noise = torch.rand(x.shape, generator=gen).sub_(0.5).mul_(style.noise * math.sqrt(12.0))  # std = style.noise
     return x.add_(noise).clamp_(0.0, 1.0)
 

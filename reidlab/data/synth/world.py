@@ -10,7 +10,9 @@ writes it to disk. Notebook 00 shows the world.
   split; ``market`` copies Market-1501's published statistics.
 * A **domain** (:class:`Domain`, :data:`DOMAINS`) is a set of cameras plus identity
   statistics. ``synth_market`` has 6 bright, warm, sharp cameras and summer clothing;
-  ``synth_duke`` has 8 darker, colder, blurrier and noisier cameras and winter clothing.
+  ``synth_duke`` has 8 darker, colder, blurrier and noisier cameras and winter clothing;
+  ``synth_pretrain`` (the pretraining corpus of :mod:`reidlab.ecn.pretrain`, the series'
+  stand-in for ImageNet) has 16 cameras anywhere between the two and people of both.
 * A **camera** (:class:`CameraStyle`, :func:`camera_styles`) is a background and a colour /
   optics style; it is fixed per domain, not per seed, because a domain *is* its cameras.
 * An **identity** (:func:`sample_identities`) is a persistent appearance: clothing colours
@@ -154,17 +156,21 @@ class Domain:
     bright:
         Summer campus (bright, warm, sharp; summer clothing) or winter dusk (dark, cold,
         blurry, noisy; winter clothing): the two ends of the domain gap notebook 08 measures.
+        ``None``: anything between, per camera and per person (the pretraining corpus).
     """
 
     name: str
     num_cams: int
     style_seed: int
-    bright: bool
+    bright: bool | None
 
 
 DOMAINS: dict[str, Domain] = {
     "synth_market": Domain("synth_market", 6, style_seed=1501, bright=True),
     "synth_duke": Domain("synth_duke", 8, style_seed=1812, bright=False),
+    # The stand-in for ImageNet (reidlab.ecn.pretrain): other people, other places, 16 cameras
+    # anywhere between the two looks. Neither the source nor the target domain.
+    "synth_pretrain": Domain("synth_pretrain", 16, style_seed=2009, bright=None),
 }
 
 # Palettes: (rgb, probability). Market-like: summer on a campus, bright and saturated;
@@ -233,38 +239,55 @@ def camera_styles(domain: Domain) -> list[CameraStyle]:
     8 cameras, as a real dataset's images all come from its fixed cameras.
     """
     rng = np.random.default_rng(domain.style_seed)
-    u = rng.uniform
     cams = []
     for c in range(domain.num_cams):
-        if domain.bright:  # sunny campus: light pavements, warm light, sharp
-            wall = tuple(np.clip(np.array([0.80, 0.76, 0.66]) * u(0.8, 1.12, 3), 0, 1))
-            floor = tuple(np.clip(np.array([0.72, 0.70, 0.64]) * u(0.85, 1.1, 3), 0, 1))
-            accent = tuple(np.clip(rng.choice([[0.6, 0.35, 0.25], [0.35, 0.6, 0.3], [0.95, 0.95, 0.9], [0.5, 0.5, 0.55]])
-                                   * u(0.85, 1.1, 3), 0, 1))
-            wb = (u(1.02, 1.15), u(0.98, 1.06), u(0.80, 0.95))
-            style = dict(brightness=u(0.04, 0.12), contrast=u(1.0, 1.2), gamma=u(0.8, 0.95), saturation=u(1.05, 1.3),
-                         tint=(u(0.0, 0.04), u(0.0, 0.03), 0.0), vignette=u(0.0, 0.1), resolution=u(0.8, 1.0),
-                         blur=u(0.0, 0.5), noise=u(0.004, 0.015), scale=u(0.80, 0.92), occlusion=u(0.08, 0.2))
-        else:  # winter campus at dusk: dark asphalt and glass, cold light, soft and noisy
-            wall = tuple(np.clip(np.array([0.30, 0.34, 0.40]) * u(0.7, 1.3, 3), 0, 1))
-            floor = tuple(np.clip(rng.choice([[0.28, 0.28, 0.30], [0.75, 0.78, 0.82]]) * u(0.85, 1.1, 3), 0, 1))
-            accent = tuple(np.clip(rng.choice([[0.15, 0.2, 0.3], [0.45, 0.25, 0.2], [0.6, 0.65, 0.7], [0.1, 0.25, 0.15]])
-                                   * u(0.85, 1.15, 3), 0, 1))
-            wb = (u(0.78, 0.92), u(0.92, 1.02), u(1.05, 1.25))
-            style = dict(brightness=u(-0.12, -0.04), contrast=u(0.75, 0.9), gamma=u(1.05, 1.25), saturation=u(0.65, 0.85),
-                         tint=(0.0, u(0.0, 0.02), u(0.02, 0.05)), vignette=u(0.1, 0.3), resolution=u(0.55, 0.8),
-                         blur=u(0.3, 0.8), noise=u(0.012, 0.025), scale=u(0.74, 0.88), occlusion=u(0.15, 0.3))
+        if domain.bright is None:  # anywhere between the two: a bright and a dark draw, mixed
+            bright, dark, t = _look(rng, True), _look(rng, False), float(rng.uniform(0, 1))
+            look = {k: _mix(bright[k], dark[k], t) for k in bright}
+        else:
+            look = _look(rng, domain.bright)
         facing = rng.dirichlet([2.0, 2.0, 1.5])
         cams.append(
             CameraStyle(
-                wall=tuple(float(x) for x in wall), floor=tuple(float(x) for x in floor),
-                accent=tuple(float(x) for x in accent), horizon=float(u(0.45, 0.7)), structure=int(c % 4),
-                period=float(u(0.25, 0.6)), wb=tuple(float(x) for x in wb),
-                facing=tuple(float(x) for x in facing),
-                **{k: (tuple(float(y) for y in v) if isinstance(v, tuple) else float(v)) for k, v in style.items()},
+                accent=tuple(float(x) for x in look.pop("accent")), horizon=float(rng.uniform(0.45, 0.7)),
+                structure=int(c % 4), period=float(rng.uniform(0.25, 0.6)), facing=tuple(float(x) for x in facing),
+                **{k: (tuple(float(y) for y in v) if isinstance(v, (tuple, np.ndarray)) else float(v))
+                   for k, v in look.items()},
             )
         )
     return cams
+
+
+def _mix(a, b, t: float):
+    """``t * a + (1 - t) * b`` for numbers and colour triples alike."""
+    return t * np.asarray(a, float) + (1.0 - t) * np.asarray(b, float)
+
+
+def _look(rng: np.random.Generator, bright: bool) -> dict:
+    """One camera's colours and optics: a sunny campus (``bright``) or a winter campus at dusk.
+
+    The order of the draws is part of the world (it fixes every camera of a domain).
+    """
+    u = rng.uniform
+    if bright:  # sunny campus: light pavements, warm light, sharp
+        wall = np.clip(np.array([0.80, 0.76, 0.66]) * u(0.8, 1.12, 3), 0, 1)
+        floor = np.clip(np.array([0.72, 0.70, 0.64]) * u(0.85, 1.1, 3), 0, 1)
+        accent = np.clip(rng.choice([[0.6, 0.35, 0.25], [0.35, 0.6, 0.3], [0.95, 0.95, 0.9], [0.5, 0.5, 0.55]])
+                         * u(0.85, 1.1, 3), 0, 1)
+        wb = (u(1.02, 1.15), u(0.98, 1.06), u(0.80, 0.95))
+        style = dict(brightness=u(0.04, 0.12), contrast=u(1.0, 1.2), gamma=u(0.8, 0.95), saturation=u(1.05, 1.3),
+                     tint=(u(0.0, 0.04), u(0.0, 0.03), 0.0), vignette=u(0.0, 0.1), resolution=u(0.8, 1.0),
+                     blur=u(0.0, 0.5), noise=u(0.004, 0.015), scale=u(0.80, 0.92), occlusion=u(0.08, 0.2))
+    else:  # winter campus at dusk: dark asphalt and glass, cold light, soft and noisy
+        wall = np.clip(np.array([0.30, 0.34, 0.40]) * u(0.7, 1.3, 3), 0, 1)
+        floor = np.clip(rng.choice([[0.28, 0.28, 0.30], [0.75, 0.78, 0.82]]) * u(0.85, 1.1, 3), 0, 1)
+        accent = np.clip(rng.choice([[0.15, 0.2, 0.3], [0.45, 0.25, 0.2], [0.6, 0.65, 0.7], [0.1, 0.25, 0.15]])
+                         * u(0.85, 1.15, 3), 0, 1)
+        wb = (u(0.78, 0.92), u(0.92, 1.02), u(1.05, 1.25))
+        style = dict(brightness=u(-0.12, -0.04), contrast=u(0.75, 0.9), gamma=u(1.05, 1.25), saturation=u(0.65, 0.85),
+                     tint=(0.0, u(0.0, 0.02), u(0.02, 0.05)), vignette=u(0.1, 0.3), resolution=u(0.55, 0.8),
+                     blur=u(0.3, 0.8), noise=u(0.012, 0.025), scale=u(0.74, 0.88), occlusion=u(0.15, 0.3))
+    return dict(wall=wall, floor=floor, accent=accent, wb=wb, **style)
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,6 +322,11 @@ def sample_identities(domain: Domain, n: int, rng: np.random.Generator) -> dict[
     changes every image (bump ``GENERATOR_VERSION`` in :mod:`reidlab.data.synth.write`).
     """
     b = domain.bright
+    if b is None:  # each person from one of the two populations, half and half
+        summer = sample_identities(Domain(domain.name, domain.num_cams, domain.style_seed, True), n, rng)
+        winter = sample_identities(Domain(domain.name, domain.num_cams, domain.style_seed, False), n, rng)
+        pick = rng.random(n) < 0.5
+        return {k: np.where(pick.reshape(-1, *([1] * (v.ndim - 1))), v, winter[k]) for k, v in summer.items()}
     ids: dict[str, np.ndarray] = {}
     ids["upper"] = _jitter(rng, _pick(rng, _UPPER[b], n))
     ids["lower"] = _jitter(rng, _pick(rng, _LOWER[b], n))

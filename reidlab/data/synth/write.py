@@ -10,9 +10,19 @@ shows the layout; notebook 00 the world):
 2. **names** (:func:`_names`) -- Market-1501 names ``<pid>_c<cam>s<seq>_<frame>_<box>.jpg``
    with unique frames per camera, and CamStyle names from :func:`reidlab.data.layout.camstyle_name`;
 3. **pixels** -- chunks of rows seen by one camera are rendered by
-   :mod:`reidlab.data.synth.render` on a thread pool; a training chunk is also shown to
-   every other camera for ``bounding_box_train_camstyle/``; JPEG encoding and writing run
-   on their own threads (writing many small files is I/O-bound);
+   :mod:`reidlab.data.synth.render` on a thread pool; JPEG encoding and writing run on their
+   own threads (writing many small files is I/O-bound). A training image of camera ``c``
+   also gets, for every other camera ``c2``, two CamStyle versions:
+
+   * ``bounding_box_train_camstyle/`` -- the finished image *style-transferred* to ``c2``
+     by :func:`reidlab.data.synth.restyle.transfer_style`: the original's layout and
+     background, ``c2``'s colours, blur and noise, a background tinted towards ``c2``'s, and
+     GAN artifacts. That is what ECN's CamStyle images are (CycleGAN outputs), so it is
+     what the trainer reads (``camstyle='folder'`` / ``'auto'``);
+   * ``bounding_box_train_camstyle_oracle/`` -- the same names, but the person layer
+     re-rendered by camera ``c2`` (its background, its style, pixel-aligned): what a perfect
+     GAN could never make. An ablation only (``camstyle='oracle'``), to measure how much
+     of ECN's camera term the imperfect images cost;
 4. **manifest** -- the parameters, the cameras, every identity's appearance and the true pid
    of every training image (what an unsupervised method must not train on, but may measure with).
 
@@ -36,8 +46,9 @@ import numpy as np
 from PIL import Image
 
 from ...files import data_dir
-from ..layout import CAMSTYLE_DIR, GALLERY_DIR, QUERY_DIR, TRAIN_DIR, camstyle_name
+from ..layout import CAMSTYLE_DIR, CAMSTYLE_ORACLE_DIR, GALLERY_DIR, QUERY_DIR, TRAIN_DIR, camstyle_name
 from .render import one_torch_thread, render_person_layer, render_view
+from .restyle import restyle_batch
 from .world import (
     DOMAINS,
     SCALES,
@@ -61,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3  # bump when the pixels change: cached trees of older versions are redrawn
+GENERATOR_VERSION = 4  # bump when the pixels change: cached trees of older versions are redrawn
 COMPLETE_MARKER = ".complete"
 MANIFEST = "manifest.json"
 #: ``(H, W)`` written at every scale: the loaders resize to the profile's input size, and
@@ -212,10 +223,20 @@ def make_synthetic_reid(
 
     The tree ``<root>/<domain>-<scale>-seed<seed>/`` holds ``bounding_box_train/``,
     ``bounding_box_test/`` (with distractors ``0000_*`` and junk ``-1_*``), ``query/``,
-    ``bounding_box_train_camstyle/`` (``<name>_fake_<c>to<c2>.jpg``: the same person, pose,
-    placement and occluder re-rendered by camera ``c2``, i.e. its background and style, as
-    CamStyle's CycleGAN images are meant to be) and ``manifest.json`` (generation
-    parameters, camera styles, identity appearances and the true pid of every training image).
+    ``bounding_box_train_camstyle/``, ``bounding_box_train_camstyle_oracle/`` and
+    ``manifest.json`` (generation parameters, camera styles, identity appearances and the
+    true pid of every training image).
+
+    Both CamStyle folders hold ``<name>_fake_<c>to<c2>.jpg`` for every training image and
+    every other camera ``c2``. ``bounding_box_train_camstyle/`` holds what ECN's CamStyle
+    images are: the camera-``c`` image *style-transferred* to camera ``c2``
+    (:func:`reidlab.data.synth.restyle.transfer_style`), keeping its layout and background
+    (a CycleGAN cannot know what camera ``c2`` saw behind the person) with ``c2``'s colours,
+    blur and noise and a GAN's artifacts. ``bounding_box_train_camstyle_oracle/`` holds the
+    same person, pose, placement and occluder *re-rendered* by camera ``c2`` (its background
+    and style, pixel-aligned): better than any GAN, so it is only an ablation
+    (``camstyle='oracle'`` in :func:`reidlab.data.loaders.target_train_dataset`), never what
+    ``'folder'`` or ``'auto'`` read.
 
     Parameters
     ----------
@@ -232,9 +253,9 @@ def make_synthetic_reid(
         ``(H, W)`` written; default :data:`DEFAULT_IMAGE_SIZE` (128x64). Another size gets
         its own folder (``-<H>x<W>`` suffix).
     write_camstyle:
-        Also write the CamStyle images (5 or 7 per training image). ``False`` saves most of
-        the generation time for a source domain, whose CamStyle images ECN never reads; the
-        folder then gets a ``-nocamstyle`` suffix.
+        Also write the CamStyle images (5 or 7 per training image, in each of the two
+        CamStyle folders). ``False`` saves most of the generation time for a source domain,
+        whose CamStyle images ECN never reads; the folder then gets a ``-nocamstyle`` suffix.
     batch_size:
         Images rendered at once by one thread (memory against per-call overhead).
     workers:
@@ -312,12 +333,21 @@ class _World:
     size: tuple[int, int]
     write_camstyle: bool
 
-    def path(self, row: int, cam: int, view: int) -> Path:
-        """Where image ``row`` (seen by ``cam``) rendered by camera ``view`` goes."""
+    def path(self, row: int, cam: int, view: int, *, oracle: bool = False) -> Path:
+        """Where image ``row`` (seen by ``cam``) in camera ``view``'s style goes (``oracle``: re-rendered)."""
         if view == cam:
             return self.out / _SPLIT_DIRS[int(self.plan.split[row])] / self.names[row]
         # CamStyle naming of ECN: <name>_fake_<c>to<c2>.jpg, cameras 1-based
-        return self.out / CAMSTYLE_DIR / camstyle_name(self.names[row], cam, view)
+        return self.out / (CAMSTYLE_ORACLE_DIR if oracle else CAMSTYLE_DIR) / camstyle_name(self.names[row], cam, view)
+
+    def noise_seed(self, n: int, view: int, *, transfer: bool = False) -> int:
+        """The noise seed of chunk ``n`` in camera ``view``'s style (``transfer``: the style transfer's).
+
+        Rendered views keep the seeds of generator version 3 (so the oracle images are the
+        CamStyle images of version 3); style transfers use ``32 + view``, which no rendered
+        view uses while a domain has at most 32 cameras.
+        """
+        return (self.seed * 1_000_003 + n) * 64 + (32 if transfer else 0) + view
 
 
 def _chunks(plan: _Plan, num_cams: int, batch_size: int) -> list[tuple[int, np.ndarray, bool]]:
@@ -340,7 +370,8 @@ def _save(img: np.ndarray, path: Path) -> None:
 
 
 def _render_chunk(w: _World, n: int, chunk: tuple[int, np.ndarray, bool], io_pool: Executor) -> int:
-    """Render chunk ``n`` (and its CamStyle views) and write it; returns the number of files.
+    """Render chunk ``n`` (and, for training rows, its CamStyle views: style transfers of the
+    rendered image, and oracle re-renders of its person layer) and write it; returns the number of files.
 
     The chunk's files are written before it returns, which bounds memory to a few chunks.
     """
@@ -348,11 +379,14 @@ def _render_chunk(w: _World, n: int, chunk: tuple[int, np.ndarray, bool], io_poo
     sub_ids = {name: arr[w.plan.ident[rows]] for name, arr in w.ids.items()}
     sub_pose = {name: arr[rows] for name, arr in w.poses.items()}
     layer = render_person_layer(sub_ids, sub_pose, w.styles[c].scale, w.size)
-    views = [c] + ([c2 for c2 in range(w.dom.num_cams) if c2 != c] if w.write_camstyle and is_train else [])
-    pending = []
-    for c2 in views:
-        imgs = render_view(layer, sub_pose, w.styles[c2], noise_seed=(w.seed * 1_000_003 + n) * 64 + c2)
-        pending += [io_pool.submit(_save, imgs[i], w.path(r, c, c2)) for i, r in enumerate(rows)]
+    imgs = render_view(layer, sub_pose, w.styles[c], noise_seed=w.noise_seed(n, c))
+    pending = [io_pool.submit(_save, imgs[i], w.path(r, c, c)) for i, r in enumerate(rows)]
+    others = [c2 for c2 in range(w.dom.num_cams) if c2 != c] if w.write_camstyle and is_train else []
+    for c2 in others:
+        fake = restyle_batch(imgs, w.styles[c], w.styles[c2], noise_seed=w.noise_seed(n, c2, transfer=True))
+        oracle = render_view(layer, sub_pose, w.styles[c2], noise_seed=w.noise_seed(n, c2))
+        pending += [io_pool.submit(_save, fake[i], w.path(r, c, c2)) for i, r in enumerate(rows)]
+        pending += [io_pool.submit(_save, oracle[i], w.path(r, c, c2, oracle=True)) for i, r in enumerate(rows)]
     for f in pending:
         f.result()
     return len(pending)
@@ -385,7 +419,7 @@ def _manifest(w: _World, sc: Scale, key: dict, pids: np.ndarray, n_fake: int) ->
             "test_ids": sc.test_ids, "query": int((plan.split == 1).sum()),
             "gallery_files": int((plan.split == 2).sum()), "gallery_real": sc.gallery_real,
             "distractors": sc.distractors, "junk": sc.junk,
-            "camstyle": n_fake,
+            "camstyle": n_fake, "camstyle_oracle": n_fake,
         },
         "cameras": [asdict(s) for s in w.styles],
         "identities": {
@@ -402,14 +436,16 @@ def _generate(
     batch_size: int, workers: int | None,
 ) -> None:
     """Draw the world of ``(dom, sc, seed)`` and write its tree into ``out`` (not yet marked complete)."""
+    if dom.num_cams > 32:  # the noise seeds of _World.noise_seed leave room for 32 cameras
+        raise ValueError(f"{dom.name}: {dom.num_cams} cameras; the writer's noise seeds allow at most 32")
     styles = camera_styles(dom)
     plan, ids, pids = _plan(dom, sc, seed)
     names = _names(plan, domain_rng(dom, seed, "names"), dom.num_cams)
     poses = sample_poses(plan.cam, styles, domain_rng(dom, seed, "poses"), plan.kind)
-    for d in (*_SPLIT_DIRS.values(), *([CAMSTYLE_DIR] if write_camstyle else [])):
+    for d in (*_SPLIT_DIRS.values(), *([CAMSTYLE_DIR, CAMSTYLE_ORACLE_DIR] if write_camstyle else [])):
         (out / d).mkdir(parents=True, exist_ok=True)
     w = _World(out, dom, styles, plan, ids, poses, names, seed, size, write_camstyle)
     total = _write_images(w, batch_size, workers)
     n_fake = int((plan.split == 0).sum()) * (dom.num_cams - 1) if write_camstyle else 0
-    log.info("%s: wrote %d images (%d CamStyle)", out.name, total, n_fake)
+    log.info("%s: wrote %d images (%d CamStyle, %d oracle CamStyle)", out.name, total, n_fake, n_fake)
     (out / MANIFEST).write_text(json.dumps(_manifest(w, sc, key, pids, n_fake), indent=1))

@@ -1,7 +1,8 @@
 """``load_or_train``: train once, reuse the result (the pattern of the UvA DL notebooks).
 
-Long computations in the notebooks (training a network, generating a dataset) go behind
-this helper. The first run trains and caches; later runs load the cache. The cache key
+Long computations (a notebook's training run, the synthetic pretraining of
+:mod:`reidlab.ecn.pretrain` that ``--pretrained synthetic`` uses) go behind this helper; it lives
+in the library, not in the lessons, because the ECN command line needs it too. The first run trains and caches; later runs load the cache. The cache key
 holds the profile and every setting passed in ``key``, so changing a setting retrains
 instead of silently loading a stale result. Files live under :func:`reidlab.files.data_dir`
 (git-ignored), are written atomically and read with ``weights_only=True``: a cache file
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from reidlab.files import atomic_save, data_dir
+from .files import atomic_save, data_dir
 
 
 def cache_path(name: str, key: dict[str, Any] | None = None, *, root: str | os.PathLike | None = None) -> Path:
