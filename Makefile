@@ -41,7 +41,7 @@ run: $(STAMP)
 # One OpenMP thread per worker: WORKERS processes x N threads on few cores oversubscribe,
 # and PyTorch's spinning threads then run small nets many times slower.
 test: $(STAMP)
-	REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile \
+	REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=300 \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  tests $(NOTEBOOKS)

@@ -34,7 +34,9 @@ def restore_torch_flags():
         torch.backends.cudnn.benchmark,
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
+        torch.get_num_threads(),
     )
     yield
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:5]
+    torch.set_num_threads(saved[5])

@@ -74,31 +74,51 @@ def test_ap_wrong_answers_named(wrong, message):
 # --- exercise 8.2: the Market exclusion ---------------------------------------------------
 
 
-def keep_solution(q_pid, q_cam, g_pids, g_cams):
-    return ~(((g_pids == q_pid) & (g_cams == q_cam)) | (g_pids == -1))
+def trapezoid_solution(matches):
+    ranks = np.flatnonzero(matches) + 1
+    j = np.arange(1, len(ranks) + 1)
+    before = np.where(ranks > 1, (j - 1) / np.maximum(ranks - 1, 1), 1.0)
+    return float(np.mean((before + j / ranks) / 2))
 
 
-def test_market_solution_passes(capsys):
-    checks.check_market_exclusion(keep_solution)
+def trapezoid_zero_first(matches):
+    ranks = np.flatnonzero(matches) + 1
+    j = np.arange(1, len(ranks) + 1)
+    return float(np.mean(((j - 1) / np.maximum(ranks - 1, 1) + j / ranks) / 2))
+
+
+def trapezoid_previous_hit(matches):
+    ranks = np.flatnonzero(matches) + 1
+    j = np.arange(1, len(ranks) + 1)
+    before = np.r_[1.0, (j[1:] - 1) / ranks[:-1]]
+    return float(np.mean((before + j / ranks) / 2))
+
+
+def test_trapezoid_solution_passes_and_equals_evaluate_rank(capsys):
+    checks.check_trapezoid_ap(trapezoid_solution)
     assert "correct" in capsys.readouterr().out
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # the solution is evaluate_rank's trapezoid rule on an already filtered list
+        m = rng.random(12) < 0.3
+        m[rng.integers(12)] = True
+        dist = np.arange(12, dtype=float)[None]
+        res = evaluate_rank(dist, [1], np.where(m, 1, 2), [0], np.ones(12, int), max_rank=1, ap="trapezoid")
+        assert res.mAP == pytest.approx(trapezoid_solution(m))
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda p, c, gp, gc: ~((gc == c) | (gp == -1)), "other people seen by the query's camera"),
-        (lambda p, c, gp, gc: ~((gp == p) | (gp == -1)), "in other cameras: those are the true matches"),
-        (lambda p, c, gp, gc: ~((gp == p) & (gc == c)), "junk images"),
-        (lambda p, c, gp, gc: ~(((gp == p) & (gc == c)) | (gp <= 0)), "distractors"),
-        (lambda p, c, gp, gc: ((gp == p) & (gc == c)) | (gp == -1), "inverted"),
-        (lambda p, c, gp, gc: gp != -1, "own camera must be removed"),
-        (lambda p, c, gp, gc: np.flatnonzero(keep_solution(p, c, gp, gc)), "boolean mask"),
-        (lambda p, c, gp, gc: None, "returned None"),
+        (ap_solution, "that is the step"),
+        (trapezoid_zero_first, "before rank 1 the precision is 1"),
+        (trapezoid_previous_hit, "not at the previous match"),
+        (lambda m: trapezoid_solution(m) * np.sum(m) / len(m), "number of true matches"),
+        (lambda m: None, "returned None"),
     ],
 )
-def test_market_wrong_answers_named(wrong, message):
+def test_trapezoid_wrong_answers_named(wrong, message):
     with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_market_exclusion(wrong)
+        checks.check_trapezoid_ap(wrong)
 
 
 # --- exercise 8.3: INP --------------------------------------------------------------------

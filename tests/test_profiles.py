@@ -53,6 +53,23 @@ def test_setup_seeds_everything_and_reports(capsys, monkeypatch, restore_torch_f
     assert capsys.readouterr().out == ""  # verbose=False prints nothing
 
 
+def test_setup_fixes_the_cpu_thread_count(monkeypatch, restore_torch_flags):
+    if torch.cuda.is_available():
+        pytest.skip("the thread count is fixed on the CPU only")
+    monkeypatch.setenv("REIDLAB_PROFILE", "ci")
+    monkeypatch.delenv("REIDLAB_THREADS", raising=False)
+    torch.set_num_threads(1)
+    setup(verbose=False)
+    assert torch.get_num_threads() == 2  # DEFAULT_THREADS: what the committed outputs used
+    monkeypatch.setenv("REIDLAB_THREADS", "1")
+    setup(verbose=False)
+    assert torch.get_num_threads() == 1
+    for bad in ("two", "0"):
+        monkeypatch.setenv("REIDLAB_THREADS", bad)
+        with pytest.raises(ValueError, match="REIDLAB_THREADS"):
+            setup(verbose=False)
+
+
 def test_data_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("REIDLAB_DATA_DIR", str(tmp_path / "x"))
     assert data_dir() == tmp_path / "x"

@@ -5,7 +5,7 @@ figure style and prints the versions, so that a bug report or a classroom questi
 with all of them.
 
 This is the one place in the package that sets global torch flags (deterministic algorithms
-on the CPU; cuDNN autotuning and TF32 on CUDA). They are meant for the whole life of a
+and a fixed number of threads on the CPU; cuDNN autotuning and TF32 on CUDA). They are meant for the whole life of a
 notebook's kernel; the library itself sets none, and ``reidlab.ecn.train_ecn`` restores
 the ones it changes.
 """
@@ -24,7 +24,25 @@ from reidlab.profiles import Profile, resolve_profile, with_runtime
 from reidlab.runtime import seed_everything
 from .viz import use_style
 
-__all__ = ["setup"]
+__all__ = ["setup", "THREADS_ENV", "DEFAULT_THREADS"]
+
+#: Environment variable that sets the number of CPU threads torch uses in a notebook.
+THREADS_ENV = "REIDLAB_THREADS"
+#: The committed CPU outputs were produced with 2 threads. The thread count changes the order of
+#: floating-point reductions, and that alone moves a CPU training run by a few points of mAP, so
+#: it is fixed rather than left to the machine; set ``$REIDLAB_THREADS`` to use more cores.
+DEFAULT_THREADS = 2
+
+
+def _threads() -> int:
+    text = os.environ.get(THREADS_ENV, "").strip()
+    try:
+        n = int(text) if text else DEFAULT_THREADS
+    except ValueError:
+        raise ValueError(f"${THREADS_ENV}={text!r} is not a number of threads") from None
+    if n < 1:
+        raise ValueError(f"${THREADS_ENV} must be >= 1, got {n}")
+    return n
 
 
 def _set_backend_flags(cuda: bool) -> None:
@@ -34,6 +52,7 @@ def _set_backend_flags(cuda: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(_threads())
 
 
 def setup(seed: int = 0, profile: str | None = None, *, verbose: bool = True) -> Profile:
@@ -57,8 +76,9 @@ def setup(seed: int = 0, profile: str | None = None, *, verbose: bool = True) ->
 
     Notes
     -----
-    On the CPU, ``torch.use_deterministic_algorithms(True)`` makes repeated runs give the
-    same bits, which is what lets nbval compare printed numbers. On CUDA we prefer speed
+    On the CPU, ``torch.use_deterministic_algorithms(True)`` and a fixed thread count
+    (:data:`DEFAULT_THREADS`, or ``$REIDLAB_THREADS``) make repeated runs give the same bits,
+    which is what lets nbval compare printed numbers. On CUDA we prefer speed
     (``cudnn.benchmark``, TF32), so GPU numbers differ slightly from run to run. A broken
     plotting stack (e.g. a seaborn that cannot import) raises here, in the first cell,
     rather than at the first figure.
@@ -80,7 +100,7 @@ def setup(seed: int = 0, profile: str | None = None, *, verbose: bool = True) ->
         if cuda:
             dev = f"cuda ({torch.cuda.get_device_name(0)})"
         else:
-            dev = f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+            dev = f"cpu ({torch.get_num_threads()} threads, fixed by ${THREADS_ENV}; {os.cpu_count()} cores)"
         print(f"device:   {dev}")
         print(f"profile:  {prof.name} - {prof.description}")
         print(f"seed:     {seed}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from reidlab.lessons.checks import ExerciseError, as_number, checker, fail, passed
 
-__all__ = ["ExerciseError", "check_average_precision", "check_inp", "check_market_exclusion"]
+__all__ = ["ExerciseError", "check_average_precision", "check_inp", "check_trapezoid_ap"]
 
 
 def _call_ap(fn: Callable[[Any], Any], matches: list[bool]) -> float:
@@ -65,48 +65,47 @@ def check_average_precision(fn: Callable[[Any], Any]) -> None:
     passed("non-interpolated average precision")
 
 
-_MARKET_G_PIDS = [5, 5, 5, 7, 7, -1, 0, 5, 0, 9, -1, 7]
-_MARKET_G_CAMS = [0, 1, 2, 0, 1, 0, 0, 0, 2, 1, 2, 2]
-
-
-def _market_keep_reference(q_pid: int, q_cam: int, g_pids, g_cams):
-    g_pids, g_cams = np.asarray(g_pids), np.asarray(g_cams)
-    return ~(((g_pids == q_pid) & (g_cams == q_cam)) | (g_pids == -1))
+def _trapezoid_reference(matches: list[bool]) -> float:
+    ranks = [r for r, m in enumerate(matches, start=1) if m]
+    before = [(j - 1) / (r - 1) if r > 1 else 1.0 for j, r in enumerate(ranks, start=1)]
+    return sum((b + j / r) / 2 for b, (j, r) in zip(before, enumerate(ranks, start=1))) / len(ranks)
 
 
 @checker
-def check_market_exclusion(fn: Callable[..., Any]) -> None:
-    """Notebook 08: ``fn(q_pid, q_camid, g_pids, g_camids)`` must return the gallery mask the Market protocol keeps."""
-    g_pids, g_cams = np.array(_MARKET_G_PIDS), np.array(_MARKET_G_CAMS)
-    for q_pid, q_cam in ((5, 0), (7, 1), (9, 2)):
-        want = _market_keep_reference(q_pid, q_cam, g_pids, g_cams)
-        got = fn(q_pid, q_cam, g_pids.copy(), g_cams.copy())
-        if got is None:
-            fail("your function returned None: return the boolean mask of gallery items to keep")
-        got = np.asarray(got)
-        if got.dtype != bool or got.shape != want.shape:
-            fail(
-                f"return a boolean mask with one entry per gallery item (shape {want.shape}), "
-                f"got dtype {got.dtype} and shape {got.shape}"
-            )
-        if np.array_equal(got, want):
+def check_trapezoid_ap(fn: Callable[[Any], Any]) -> None:
+    """Notebook 08: ``fn(matches)`` must return Market-1501's (trapezoid) AP of a ranked list.
+
+    At the j-th true match, at rank r, the official MATLAB code averages the precision at the
+    match, j / r, with the precision one rank earlier, (j - 1) / (r - 1) (1 before rank 1), and
+    AP is the mean of those averages over the true matches (ECN's evaluator gives the same).
+    """
+    cases = [
+        [False, True, False, False, True, False],
+        [True, False, True, False, False, True],
+        [False, False, False, True],
+        [True, True, False, False],
+    ]
+    for matches in cases:
+        want = _trapezoid_reference(matches)
+        got = _call_ap(fn, matches)
+        if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
             continue
-        if np.array_equal(got, ~want):
-            fail("your mask is inverted: True should mark the items that are KEPT")
-        same_cam = g_cams == q_cam
-        same_id = g_pids == q_pid
-        if (~got & (g_pids == 0) & ~same_cam).any():
-            fail("distractors (pid 0) stay in the gallery as negatives; do not remove them")
-        if (~got & same_cam & ~same_id & (g_pids != -1)).any():
-            fail("you removed other people seen by the query's camera: only the SAME person in the same camera goes")
-        if (~got & same_id & ~same_cam).any():
-            fail("you removed the query's person in other cameras: those are the true matches, keep them")
-        if (got & (g_pids == -1)).any():
-            fail("junk images (pid -1) must be removed for every query")
-        if (got & same_id & same_cam).any():
-            fail("the query's person in the query's own camera must be removed")
-        fail(f"wrong mask for query (pid {q_pid}, camera {q_cam}): expected {want.astype(int).tolist()}")
-    passed("Market-1501 exclusion: same id AND same camera removed, junk removed, distractors kept")
+        hits = [r for r, m in enumerate(matches, start=1) if m]
+        n = len(hits)
+        step = _ap_reference(matches)
+        if math.isclose(got, step, rel_tol=1e-6):
+            fail("that is the step (non-interpolated) AP; average each match's precision with the precision "
+                 "one rank EARLIER, (j - 1) / (r - 1)")
+        zero_first = sum(((j - 1) / (r - 1) if r > 1 else 0.0) + j / r for j, r in enumerate(hits, 1)) / (2 * n)
+        if math.isclose(got, zero_first, rel_tol=1e-6, abs_tol=1e-9):
+            fail("before rank 1 the precision is 1 (MATLAB's old_precision starts at 1), not 0")
+        prev_hit = sum(((j - 1) / hits[j - 2] if j > 1 else 1.0) + j / r for j, r in enumerate(hits, 1)) / (2 * n)
+        if math.isclose(got, prev_hit, rel_tol=1e-6, abs_tol=1e-9):
+            fail("the precision 'just before' is at rank r - 1, the rank before this match, not at the previous match")
+        if math.isclose(got, want * n / len(matches), rel_tol=1e-6):
+            fail("divide by the number of true matches, not by the length of the list")
+        fail(f"trapezoid AP of {matches} should be {want:.4f}, got {got:.4f}")
+    passed("Market-1501's trapezoid AP (the official code's and ECN's rule)")
 
 
 @checker
