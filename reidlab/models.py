@@ -20,8 +20,9 @@ Choices, and why (each checked against ECN's code):
   (24 in ResNet-50) in eval at every :meth:`ReIDNet.train` call; ECN's name filter
   (``'bn' in name``) only catches 22 of them and lets the two ``downsample.1`` BNs keep
   updating their running statistics, which notebook 05 measures. Freezing only makes sense
-  for ImageNet-initialised layers: a network trained from scratch (as in notebook 08, where
-  no weights can be downloaded) uses ``freeze=None``.
+  for pretrained layers: ECN's are ImageNet's; where nothing can be downloaded, the series
+  pretrains its own (:mod:`reidlab.ecn.pretrain`, ``pretrained='synthetic'``, notebook 08). A
+  network trained from scratch uses ``freeze=None``.
 * **Test feature**: ECN tests on ``pool5``, L2-normalised (its ``output_feature='pool5'``
   branch). In eval mode :meth:`ReIDNet.forward` returns the L2-normalised ``pool5`` for
   ``neck='no'`` and the L2-normalised BN'd feature for ``neck='bnneck'`` (the strong

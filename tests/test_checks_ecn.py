@@ -1,51 +1,109 @@
 """Notebook 10's exercise checkers: right answers pass, typical wrong answers fail with a message
-that names the mistake; and the checkers agree with reidlab.ecn (the loss and the schedule)."""
+that names the mistake; and the checkers agree with the library (the memory update and the schedule)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from reidlab.lessons.checks import NOT_ATTEMPTED
 from reidlab.lessons.checks import nb10 as checks
-from reidlab.ecn import ECNConfig, ecn_loss
+from reidlab.ecn import ECNConfig
 
-# --- exercise 10.1: ECN's total loss ----------------------------------------------------------
-
-
-def loss_right(loss_src, loss_tgt, lam):
-    if loss_tgt is None:
-        return loss_src
-    return (1 - lam) * loss_src + lam * loss_tgt
+# --- exercise 10.1: how long the memory remembers ---------------------------------------------
 
 
-def test_loss_right_answer_passes(capsys):
-    checks.check_ecn_total_loss(loss_right)
+def weights_right(epochs, alpha):
+    out = []
+    for e in range(epochs):
+        w = 1 - alpha * e
+        for later in range(e + 1, epochs):
+            w *= alpha * later
+        out.append(w)
+    return out
+
+
+def weights_right_numpy(epochs, alpha):
+    """The same, written backwards with a running product (and returned as an array)."""
+    a = alpha * np.arange(epochs)
+    kept = np.append(np.cumprod(a[::-1])[::-1][1:], 1.0)   # a_{e+1} * ... * a_{E-1}
+    return (1 - a) * kept
+
+
+def weights_simulated(epochs, alpha):
+    """A learner may also simulate the writes with one-hot 'features' (no re-normalisation)."""
+    row = torch.zeros(epochs, dtype=torch.float64)
+    for e in range(epochs):
+        a = alpha * e
+        row = a * row + (1 - a) * torch.eye(epochs, dtype=torch.float64)[e]
+    return row
+
+
+@pytest.mark.parametrize("answer", [weights_right, weights_right_numpy, weights_simulated])
+def test_weights_right_answers_pass(answer, capsys):
+    checks.check_feature_weights(answer)
     assert "correct" in capsys.readouterr().out
 
 
-def test_loss_checker_agrees_with_the_trainer(capsys):
-    """reidlab.ecn.ecn_loss is what train_ecn optimises: the checker must accept it."""
-    checks.check_ecn_total_loss(ecn_loss)
-    assert "correct" in capsys.readouterr().out
+def test_weights_checker_agrees_with_the_memory():
+    """The weights the exercise asks for are what reidlab.memory's update leaves in a slot written once per epoch,
+    when the features of one image change little from epoch to epoch (so each re-normalisation is almost a
+    no-op, the approximation the exercise states): f_e = normalise(u + eps * v_e), u and the v_e orthonormal."""
+    from reidlab.memory import InvarianceLoss
+
+    epochs, alpha, eps = 5, 0.1, 1e-3
+    basis = torch.eye(epochs + 1, dtype=torch.float64)
+    crit = InvarianceLoss(1, epochs + 1, beta=0.05, knn=0, alpha=alpha).double()
+    for e in range(epochs):
+        f = torch.nn.functional.normalize(basis[0] + eps * basis[e + 1], dim=0)[None].requires_grad_(True)
+        crit(f, torch.tensor([0]), e).backward()
+    share = crit.memory[0, 1:] / eps   # the component along v_e is eps times the weight of f_e
+    want = torch.tensor(weights_right(epochs, alpha), dtype=torch.float64)
+    assert torch.allclose(share, want, rtol=1e-3, atol=1e-6), (share, want)
+
+
+def _weights(rate, *, factor=True, later=True, reverse=False, swap=False):
+    def answer(epochs, alpha):
+        out = []
+        for e in range(epochs):
+            a = rate(e, alpha)
+            if swap:
+                w = a
+                for j in range(e + 1, epochs):
+                    w *= 1 - rate(j, alpha)
+            else:
+                w = (1 - a) if factor else 1.0
+                if later:
+                    for j in range(e + 1, epochs):
+                        w *= rate(j, alpha)
+            out.append(w)
+        return out[::-1] if reverse else out
+    return answer
+
+
+ECN_RATE = lambda e, alpha: alpha * e  # noqa: E731
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda s, t, lam: s if t is None else s + lam * t, "convex combination"),
-        (lambda s, t, lam: s if t is None else lam * s + (1 - lam) * t, "swapped"),
-        (lambda s, t, lam: s if t is None else (s + t) / 2, "plain average"),
-        (lambda s, t, lam: s if t is None else s + t, "plain sum"),
-        (lambda s, t, lam: s if t is None else ((1 - lam) * s + lam * t).item(), "return a tensor"),
-        (lambda s, t, lam: s if t is None else torch.tensor(float(((1 - lam) * s + lam * t).detach())), "not connected"),
-        (lambda s, t, lam: (1 - lam) * s + lam * t, "source-only"),
-        (lambda s, t, lam: (1 - lam) * s + lam * (t if t is not None else 0), "weight 1"),
-        (lambda s, t, lam: None, "return"),
+        (_weights(ECN_RATE, reverse=True), "reversed"),
+        (_weights(ECN_RATE, swap=True), "swapped"),
+        (_weights(lambda e, alpha: alpha * (e + 1)), "counted from 0"),
+        (_weights(lambda e, alpha: alpha), "not alpha in every epoch"),
+        (_weights(lambda e, alpha: 0.0 if e == 0 else alpha), "constant"),
+        (_weights(ECN_RATE, later=False), "not just 1 - a_e"),
+        (_weights(ECN_RATE, factor=False), "enters the slot with weight 1 - a_e"),
+        (lambda epochs, alpha: [w * 2 for w in weights_right(epochs, alpha)], "sum to 1"),
+        (lambda epochs, alpha: [1 / epochs] * epochs, "sum to|should be"),
+        (lambda epochs, alpha: weights_right(epochs, alpha)[1:], "one per epoch"),
+        (lambda epochs, alpha: 0.41, "one number per epoch"),
+        (lambda epochs, alpha: None, "returned None"),
     ],
 )
-def test_loss_wrong_answers_named(wrong, message):
+def test_weights_wrong_answers_named(wrong, message):
     with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_ecn_total_loss(wrong)
+        checks.check_feature_weights(wrong)
 
 
 # --- exercise 10.2: the scaled schedule -------------------------------------------------------
@@ -135,6 +193,6 @@ def test_unattempted_stub_is_explained():
     def stub(*args):
         raise NotImplementedError()
 
-    for checker in (checks.check_ecn_total_loss, checks.check_scaled_schedule, checks.check_relative_gain):
+    for checker in (checks.check_feature_weights, checks.check_scaled_schedule, checks.check_relative_gain):
         with pytest.raises(checks.ExerciseError, match=NOT_ATTEMPTED):
             checker(stub)

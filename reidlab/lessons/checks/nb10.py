@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import torch
-
 from reidlab.ecn.config import ECN_DECAY_EPOCH, ECN_KNN_EPOCH, scaled_schedule
 from reidlab.lessons.checks import ExerciseError, checker, fail, passed
 
-__all__ = ["ExerciseError", "check_ecn_total_loss", "check_relative_gain", "check_scaled_schedule"]
+__all__ = ["ExerciseError", "check_feature_weights", "check_relative_gain", "check_scaled_schedule"]
 
 
 # The reference answer of exercise 10.2 is the trainer's own rule (one rule for the trainer,
@@ -20,62 +18,80 @@ __all__ = ["ExerciseError", "check_ecn_total_loss", "check_relative_gain", "chec
 # neighbourhood (kNN) term from epoch 5 on (the code's ``epoch > 4``, 0-based), scaled.
 
 
-@checker
-def check_ecn_total_loss(fn: Callable[..., Any]) -> None:
-    """Notebook 10: ``fn(loss_src, loss_tgt, lam)`` must return ECN's ``(1 - lam) * loss_src + lam * loss_tgt``.
+def _memory_weights(epochs: int, rate: Callable[[int], float]) -> list[float]:
+    """Weight of each epoch's feature in a slot written once per epoch as ``M <- a_e M + (1 - a_e) f_e``."""
+    weights = []
+    for e in range(epochs):
+        later = math.prod(rate(j) for j in range(e + 1, epochs))
+        weights.append((1 - rate(e)) * later)
+    return weights
 
-    ``loss_tgt=None`` stands for the source-only baseline: the source loss alone, weight 1.
-    The result must stay a tensor in the autograd graph (``backward()`` trains on it).
+
+def _as_weights(got: Any, epochs: int) -> list[float]:
+    if got is None:
+        fail("your function returned None: return the list of weights, one per epoch")
+    try:
+        values = [float(v) for v in got]
+    except (TypeError, ValueError):
+        fail(f"return one number per epoch (a list of length epochs), got {type(got).__name__}")
+    if len(values) != epochs:
+        fail(f"for {epochs} epochs return {epochs} weights, one per epoch (entry e: the feature written in epoch e); "
+             f"got {len(values)}")
+    return values
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b))
+
+
+@checker
+def check_feature_weights(fn: Callable[[int, float], Any]) -> None:
+    """Notebook 10: ``fn(epochs, alpha)`` must return the weight of each epoch's feature in a memory slot.
+
+    The slot of a target image is written once per epoch ``e = 0 .. epochs - 1`` as
+    ``M <- a_e M + (1 - a_e) f_e`` with ECN's rate ``a_e = alpha * e`` (the re-normalisation
+    after each write is ignored). Entry ``e`` of the answer is the weight of ``f_e`` after the
+    last epoch: ``(1 - a_e) * a_{e+1} * ... * a_{epochs-1}``. Since ``a_0 = 0`` the first write
+    replaces the initial row, so the weights sum to 1.
     """
-    cases = ((2.0, 6.0, 0.3), (1.5, 0.5, 0.5), (4.0, 1.0, 0.1))
-    for src_v, tgt_v, lam in cases:
-        src = torch.tensor(src_v, dtype=torch.float64, requires_grad=True)
-        tgt = torch.tensor(tgt_v, dtype=torch.float64, requires_grad=True)
-        got = fn(src, tgt, lam)
-        if got is None:
-            fail("your function returned None: did it forget to `return` the loss?")
-        if not isinstance(got, torch.Tensor):
-            fail(f"return a tensor, not a {type(got).__name__}: `loss.backward()` needs the graph "
-                 "(calling .item() or float() cuts it)")
-        if got.grad_fn is None:
-            fail("the returned tensor is not connected to the two losses: compute it from loss_src and loss_tgt "
-                 "(no .detach(), no torch.tensor(...) of a number)")
-        value = float(got.detach())
-        want = (1 - lam) * src_v + lam * tgt_v
-        if math.isclose(value, want, rel_tol=1e-9, abs_tol=1e-12):
-            gs, gt = torch.autograd.grad(got, (src, tgt))
-            if not (math.isclose(float(gs), 1 - lam) and math.isclose(float(gt), lam)):
-                fail("the value is right but the gradients are not (1 - lam, lam): did you mix detached copies in?")
+    cases = ((4, 0.01), (60, 0.01), (10, 0.05), (3, 0.25), (1, 0.3))
+    for epochs, alpha in cases:
+        want = _memory_weights(epochs, lambda e: alpha * e)
+        got = _as_weights(fn(epochs, alpha), epochs)
+        if _same(got, want):
             continue
         wrong = {
-            "that is the usual `L_src + lam * L_tgt`; ECN (paper Sec. 3.5 and its trainers.py) uses a convex "
-            "combination: the source loss is weighted by 1 - lam":
-                src_v + lam * tgt_v,
-            "the weights are swapped: lam weighs the TARGET (invariance) loss, 1 - lam the source loss":
-                lam * src_v + (1 - lam) * tgt_v,
-            "lam is a weight between the two losses; a plain average ignores it":
-                (src_v + tgt_v) / 2,
-            "a plain sum ignores lam: (1 - lam) * L_src + lam * L_tgt":
-                src_v + tgt_v,
+            "the order is reversed: entry e is the feature written in epoch e, the first epoch first":
+                want[::-1],
+            "a_e weighs the OLD row and 1 - a_e the new feature (M <- a M + (1 - a) f); you swapped them":
+                [a * math.prod(1 - alpha * j for j in range(e + 1, epochs))
+                 for e, a in ((e, alpha * e) for e in range(epochs))],
+            "epochs are counted from 0, as ECN's code does: a = alpha * epoch is 0 in the first epoch, so that "
+            "write replaces the (empty) slot":
+                _memory_weights(epochs, lambda e: alpha * (e + 1)),
+            "the rate grows with the epoch: a_e = alpha * e, not alpha in every epoch":
+                _memory_weights(epochs, lambda e: alpha),
+            "the rate grows with the epoch: a_e = alpha * e, not alpha (from epoch 1 on you used a constant)":
+                _memory_weights(epochs, lambda e: 0.0 if e == 0 else alpha),
+            "every later write multiplies what is already in the slot by its a: the feature of epoch e keeps "
+            "(1 - a_e) * a_{e+1} * ... * a_{E-1}, not just 1 - a_e":
+                [1 - alpha * e for e in range(epochs)],
+            "the feature of epoch e enters the slot with weight 1 - a_e before the later writes shrink it":
+                [math.prod(alpha * j for j in range(e + 1, epochs)) for e in range(epochs)],
         }
-        for message, value_wrong in wrong.items():
-            if math.isclose(value, value_wrong, rel_tol=1e-9, abs_tol=1e-12):
+        for message, values in wrong.items():
+            if _same(got, values):
                 fail(message)
-        fail(f"for L_src={src_v}, L_tgt={tgt_v}, lam={lam} expected {want:.4f}, got {value:.4f}")
-    # the source-only baseline
-    src = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
-    try:
-        got = fn(src, None, 0.3)
-    except TypeError as err:
-        fail(f"source-only (loss_tgt=None) raised TypeError ({err}): without a target loss return the source "
-             "loss alone")
-    if not isinstance(got, torch.Tensor) or got.grad_fn is None and got is not src:
-        fail("source-only (loss_tgt=None): return the source loss tensor itself (weight 1)")
-    if math.isclose(float(got.detach()), 0.7 * 2.0):
-        fail("source-only (loss_tgt=None) trains L_src alone with weight 1 (ECN's baseline, lam = 0), not 1 - lam")
-    if not math.isclose(float(got.detach()), 2.0):
-        fail(f"source-only (loss_tgt=None): expected the source loss 2.0, got {float(got.detach())}")
-    passed("ECN's loss (1 - lam) * L_src + lam * L_tgt, and L_src alone without a target")
+        total = sum(got)
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            fail(f"for {epochs} epochs and alpha={alpha} your weights sum to {total:.6g}; they must sum to 1 "
+                 "(a_0 = 0: the first write replaces the slot, and every later write splits it into a and 1 - a)")
+        shown = ", ".join(f"{w:.4g}" for w in want[-3:])
+        fail(f"for {epochs} epochs and alpha={alpha} the last weights should be [..., {shown}], got "
+             f"[..., {', '.join(f'{w:.4g}' for w in got[-3:])}]")
+    ecn, short = _memory_weights(60, lambda e: 0.01 * e)[-1], _memory_weights(4, lambda e: 0.01 * e)[-1]
+    passed(f"each epoch's share of a memory slot: the last epoch's feature holds {100 * ecn:.0f} % of it after ECN's "
+           f"60 epochs, {100 * short:.0f} % after 4 epochs")
 
 
 @checker
