@@ -36,105 +36,127 @@ def _notebook_namespace(marker: str) -> dict:
     raise AssertionError(f"notebook 06 has no code cell containing {marker!r}")
 
 
-# --- exercise 6.1: the split-batch forward --------------------------------------------------
+# --- exercise 6.1: the running statistics after one split batch -------------------------------
 
 
-def split_solution(x, bn_source, bn_target):
-    if not bn_source.training:
-        return bn_target(x)
-    n = x.shape[0]
-    if n % 2:
-        raise ValueError("odd batch")
-    return torch.cat([bn_source(x[: n // 2]), bn_target(x[n // 2 :])])
+def step_solution(x, running_mean, running_var, momentum=0.1):
+    half = x.shape[0] // 2
+    out = []
+    for part in (x[:half], x[half:]):
+        out.append(((1 - momentum) * running_mean + momentum * part.mean((0, 2, 3)),
+                    (1 - momentum) * running_var + momentum * part.var((0, 2, 3), unbiased=True)))
+    return out[0], out[1]
 
 
-def split_swapped(x, bs, bt):
-    if not bs.training:
-        return bt(x)
-    if x.shape[0] % 2:
-        raise ValueError("odd")
-    h = x.shape[0] // 2
-    return torch.cat([bt(x[:h]), bs(x[h:])])
+def step_via_modules(x, running_mean, running_var, momentum=0.1):
+    """Also right: let two real BN layers (the branches) do it."""
+    half = x.shape[0] // 2
+    result = []
+    for part in (x[:half], x[half:]):
+        bn = nn.BatchNorm2d(x.shape[1], momentum=momentum).train()
+        bn.running_mean.copy_(running_mean)
+        bn.running_var.copy_(running_var)
+        with torch.no_grad():
+            bn(part)
+        result.append([bn.running_mean, bn.running_var])
+    return result
 
 
-def split_reordered(x, bs, bt):
-    if not bs.training:
-        return bt(x)
-    if x.shape[0] % 2:
-        raise ValueError("odd")
-    h = x.shape[0] // 2
-    return torch.cat([bt(x[h:]), bs(x[:h])])
+def _each_half(x, rm, rv, m, update):
+    half = x.shape[0] // 2
+    return tuple(update(part, rm, rv, m) for part in (x[:half], x[half:]))
 
 
-def no_split(x, bs, bt):
-    return bt(x)
+def step_swapped(x, rm, rv, m):
+    (s, t) = _each_half(x, rm, rv, m, lambda p, rm, rv, m: ((1 - m) * rm + m * p.mean((0, 2, 3)),
+                                                           (1 - m) * rv + m * p.var((0, 2, 3))))
+    return t, s
 
 
-def splits_in_eval(x, bs, bt):
-    h = x.shape[0] // 2
-    return torch.cat([bs(x[:h]), bt(x[h:])])
+def step_shared(x, rm, rv, m):
+    both = ((1 - m) * rm + m * x.mean((0, 2, 3)), (1 - m) * rv + m * x.var((0, 2, 3)))
+    return both, both
 
 
-def splits_in_eval_with_check(x, bs, bt):
-    if x.shape[0] % 2:
-        raise ValueError("odd")
-    return splits_in_eval(x, bs, bt)
+def step_biased(x, rm, rv, m):
+    return _each_half(x, rm, rv, m, lambda p, rm, rv, m: ((1 - m) * rm + m * p.mean((0, 2, 3)),
+                                                          (1 - m) * rv + m * p.var((0, 2, 3), unbiased=False)))
 
 
-def eval_through_source(x, bs, bt):
-    if not bs.training:
-        return bs(x)
-    return split_solution(x, bs, bt)
+def step_reversed(x, rm, rv, m):
+    return _each_half(x, rm, rv, m, lambda p, rm, rv, m: (m * rm + (1 - m) * p.mean((0, 2, 3)),
+                                                          m * rv + (1 - m) * p.var((0, 2, 3))))
 
 
-def uses_assert(x, bs, bt):
-    if not bs.training:
-        return bt(x)
-    assert x.shape[0] % 2 == 0
-    return split_solution(x, bs, bt)
+def step_replaced(x, rm, rv, m):
+    return _each_half(x, rm, rv, m, lambda p, rm, rv, m: (p.mean((0, 2, 3)), p.var((0, 2, 3))))
 
 
-def no_odd_check(x, bs, bt):
-    if not bs.training:
-        return bt(x)
-    h = x.shape[0] // 2
-    return torch.cat([bs(x[:h]), bt(x[h:])])
+def step_hard_coded(x, rm, rv, m):
+    return step_solution(x, rm, rv, 0.1)
 
 
-def functional_without_buffers(x, bs, bt):
-    if not bs.training:
-        return bt(x)
-    if x.shape[0] % 2:
-        raise ValueError("odd")
-    h = x.shape[0] // 2
-    return torch.cat([F.batch_norm(x[:h], None, None, bs.weight, bs.bias, True),
-                      F.batch_norm(x[h:], None, None, bt.weight, bt.bias, True)])
+def step_per_image(x, rm, rv, m):
+    return _each_half(x, rm, rv, m, lambda p, rm, rv, m: ((1 - m) * rm + m * p.mean((2, 3)),
+                                                          (1 - m) * rv + m * p.var((2, 3))))
 
 
-def test_split_solution_passes(capsys):
-    checks.check_split_dsbn_forward(split_solution)
+def step_source_untouched(x, rm, rv, m):
+    return (rm, rv), step_solution(x, rm, rv, m)[1]
+
+
+def test_step_solution_passes(capsys):
+    checks.check_split_step_stats(step_solution)
+    assert "correct" in capsys.readouterr().out
+
+
+def test_step_via_bn_modules_passes_too(capsys):
+    checks.check_split_step_stats(step_via_modules)
     assert "correct" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (split_swapped, "swapped"),
-        (split_reordered, "input order"),
-        (no_split, "sent the whole batch through it"),
-        (splits_in_eval, "in eval mode do not split"),
-        (splits_in_eval_with_check, "eval does not split"),
-        (eval_through_source, "not bn_source"),
-        (uses_assert, "AssertionError"),
-        (no_odd_check, "without an error"),
-        (functional_without_buffers, "running statistics did not update"),
-        (lambda x, bs, bt: None, "return"),
-        (lambda x, bs, bt: split_solution(x, bs, bt)[: x.shape[0] // 2], "one row per input"),
+        (step_swapped, "swapped"),
+        (step_shared, "one shared BN"),
+        (step_biased, "unbiased"),
+        (step_reversed, "weighs the new batch"),
+        (step_replaced, "moving average"),
+        (step_hard_coded, "not the momentum passed in"),
+        (step_per_image, "one value per channel"),
+        (step_source_untouched, "left the source branch"),
+        (lambda x, rm, rv, m: step_solution(x, rm, rv, m)[0], "two pairs|should be a pair"),
+        (lambda x, rm, rv, m: None, "returned None"),
+        (lambda x, rm, rv, m: tuple((a + 1, b) for a, b in step_solution(x, rm, rv, m)), "is off"),
     ],
 )
-def test_split_wrong_answers_named(wrong, message):
+def test_step_wrong_answers_named(wrong, message):
     with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_split_dsbn_forward(wrong)
+        checks.check_split_step_stats(wrong)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3])
+def test_step_reference_is_what_dsbn_and_the_notebook_layer_store(momentum):
+    """The checker's reference (reidlab's DSBN2d), the hand formula and the notebook's SplitDSBN agree."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(4, 3, 2, 3, generator=g), 2 * torch.randn(4, 3, 2, 3, generator=g) + 1])
+    rm, rv = torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5
+    reference = checks._layer_after_split_step(x, rm, rv, momentum)
+    for (m1, v1), (m2, v2) in zip(reference, step_solution(x, rm, rv, momentum)):
+        torch.testing.assert_close(m1, m2)
+        torch.testing.assert_close(v1, v2)
+    if NOTEBOOK.exists():
+        layer = _notebook_namespace("class SplitDSBN(")["SplitDSBN"](nn.BatchNorm2d, 3).train()
+        for bn in (layer.bn_source, layer.bn_target):
+            bn.momentum = momentum
+            bn.running_mean.copy_(rm)
+            bn.running_var.copy_(rv)
+        with torch.no_grad():
+            layer(x)
+        for bn, (mean, var) in zip((layer.bn_source, layer.bn_target), reference):
+            torch.testing.assert_close(bn.running_mean, mean)
+            torch.testing.assert_close(bn.running_var, var)
 
 
 # --- exercise 6.2: target test features --------------------------------------------------------
@@ -339,7 +361,7 @@ def test_notebook_split_dsbn_rejects_an_odd_batch_like_reidlab():
 @pytest.mark.parametrize(
     "marker, name, checker",
     [
-        ("def split_dsbn_forward(", "split_dsbn_forward", checks.check_split_dsbn_forward),
+        ("def split_step_stats(", "split_step_stats", checks.check_split_step_stats),
         ("def target_features(", "target_features", checks.check_target_features),
         ("def merge_stats(", "merge_stats", checks.check_merge_stats),
     ],
@@ -350,7 +372,7 @@ def test_notebook_solutions_pass_their_checkers(marker, name, checker, capsys):
 
 
 @pytest.mark.parametrize(
-    "checker", [checks.check_split_dsbn_forward, checks.check_target_features, checks.check_merge_stats]
+    "checker", [checks.check_split_step_stats, checks.check_target_features, checks.check_merge_stats]
 )
 def test_unattempted_stub_gets_a_sentence(checker):
     def stub(*args):

@@ -1,8 +1,9 @@
 """Checkers of notebook 06 (``notebooks/06_dsbn.ipynb``): domain-specific BN.
 
-The split-batch forward, routing target test data through the target branch with its running
-statistics, and the statistics a single BN learns from mixed batches. Imported by the notebook
-as ``from reidlab.lessons.checks import nb06 as checks``.
+The running statistics each branch of a DSBN layer keeps after one split batch, routing target
+test data through the target branch with its running statistics, and the statistics a single BN
+learns from mixed batches. Imported by the notebook as
+``from reidlab.lessons.checks import nb06 as checks``.
 """
 from __future__ import annotations
 
@@ -11,158 +12,129 @@ from typing import Any, Callable
 
 import torch
 
-from reidlab.dsbn import convert_dsbn, domain, dsbn_layers
+from reidlab.dsbn import DSBN2d, convert_dsbn, domain, dsbn_layers
 from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, passed
 
-__all__ = ["ExerciseError", "check_merge_stats", "check_split_dsbn_forward", "check_target_features"]
+__all__ = ["ExerciseError", "check_merge_stats", "check_split_step_stats", "check_target_features"]
 
 
-def _bn_pair(bn_class: type, c: int, seed: int) -> list[torch.nn.Module]:
-    """Two BN layers (source, target) with distinct, non-default gamma/beta and running statistics."""
-    g = torch.Generator().manual_seed(seed)
-    pair = []
-    for shift in (0.0, 2.0):
-        bn = bn_class(c)
-        with torch.no_grad():
-            bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            bn.bias.copy_(torch.randn(c, generator=g))
-            bn.running_mean.copy_(torch.randn(c, generator=g) + shift)
-            bn.running_var.copy_(torch.rand(c, generator=g) + 0.5 + shift)
-        pair.append(bn)
-    return pair
-
-
-def _buffers(bns: list[torch.nn.Module]) -> list[torch.Tensor]:
-    return [b.detach().clone() for bn in bns for b in bn.buffers()]
-
-
-def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return all(torch.allclose(x.double(), y.double(), atol=1e-6) for x, y in zip(a, b))
-
-
-def _call_split(fn: Callable[..., Any], x: torch.Tensor, pair: list[torch.nn.Module], what: str) -> torch.Tensor:
-    out = fn(x.clone(), pair[0], pair[1])
-    out = as_tensor(out, what)
-    if tuple(out.shape) != tuple(x.shape):
-        fail(f"{what} has shape {tuple(out.shape)}, expected {tuple(x.shape)}: the output has one row per input "
-             f"sample, the two halves concatenated back along dim 0")
-    return out.detach()
-
-
-#: The usual ways of getting the training-mode split wrong, and what to say about each.
-_SPLIT_MISTAKES = {
-    "swapped": "the first half of the batch is the source half: it goes through bn_source, the second half "
-               "through bn_target (you swapped them)",
-    "reordered": "concatenate the outputs in the input order (source half first), or every sample ends up in "
-                 "another sample's row",
-    "all_target": "in training the batch is split: only the second half goes through bn_target; you sent the "
-                  "whole batch through it",
-    "all_source": "in training the batch is split: only the first half goes through bn_source; you sent the "
-                  "whole batch through it",
-    "running": "in training each half is normalised with its own batch statistics; you used the stored running "
-               "statistics (is a branch in eval mode?)",
+#: The usual ways of getting exercise 6.1 wrong, each with the sentence that names it.
+_STEP_MISTAKES = {
+    "swapped": "the branches are swapped: the first half of the batch is the source half, so the source branch's "
+               "statistics come from x[:N // 2] and the target branch's from x[N // 2:]",
+    "shared": "both branches got the statistics of the whole batch: that is what one shared BN would store; in a "
+              "split batch each branch sees only its own half",
+    "biased": "running_var stores the unbiased batch variance (divide by n - 1, n = images x positions of the "
+              "half); you used the biased one, which BN only normalises with",
+    "reversed": "the momentum weighs the new batch, not the old value: running = (1 - momentum) * running + "
+                "momentum * batch statistic",
+    "replaced": "the running statistics are a moving average: (1 - momentum) * running + momentum * batch "
+                "statistic; you replaced them with the batch's statistics",
+    "std": "running_var holds a variance; you averaged standard deviations (or stored one)",
+    "source_kept": "the source branch is in training mode too and saw the first half: both branches update in a "
+                   "split step; you left the source branch at its starting statistics",
+    "target_kept": "the target branch is in training mode too and saw the second half: both branches update in a "
+                   "split step; you left the target branch at its starting statistics",
+    "per_image_n": "the unbiased variance divides by (number of values - 1), and a channel of the half has "
+                   "N/2 x H x W values, not N/2",
 }
 
 
-def _split_variant(x: torch.Tensor, pair: list[torch.nn.Module], how: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The output of one way of writing the training-mode forward (``"right"`` or a key of
-    :data:`_SPLIT_MISTAKES`) on copies of ``pair``, and the copies' buffers afterwards."""
+def _half_stats(part: torch.Tensor, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    return part.mean(dim=(0, 2, 3)), part.var(dim=(0, 2, 3), unbiased=unbiased)
+
+
+def _step_variant(x: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor, momentum: float, how: str):
+    """((source mean, var), (target mean, var)) as one way of doing exercise 6.1 computes them."""
     half = x.shape[0] // 2
-    s, t = copy.deepcopy(pair)
+    parts = (x[half:], x[:half]) if how == "swapped" else (x, x) if how == "shared" else (x[:half], x[half:])
+    out = []
+    for d, part in enumerate(parts):
+        mean, var = _half_stats(part, unbiased=how != "biased")
+        if how == "per_image_n":
+            n = part.shape[0] * part.shape[2] * part.shape[3]
+            var = part.var(dim=(0, 2, 3), unbiased=False) * n / (part.shape[0] - 1)
+        if how == "reversed":
+            out.append((momentum * rm + (1 - momentum) * mean, momentum * rv + (1 - momentum) * var))
+        elif how == "replaced":
+            out.append((mean, var))
+        elif how == "std":
+            out.append(((1 - momentum) * rm + momentum * mean, ((1 - momentum) * rv.sqrt() + momentum * var.sqrt()) ** 2))
+        elif (how == "source_kept" and d == 0) or (how == "target_kept" and d == 1):
+            out.append((rm.clone(), rv.clone()))
+        else:
+            out.append(((1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * var))
+    return tuple(out)
+
+
+def _layer_after_split_step(x: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor, momentum: float):
+    """What ``reidlab.dsbn.DSBN2d`` really stores: the reference answer of exercise 6.1."""
+    layer = DSBN2d(x.shape[1], momentum=momentum).train()
     with torch.no_grad():
-        if how == "right":
-            y = torch.cat([s(x[:half]), t(x[half:])])
-        elif how == "swapped":
-            y = torch.cat([t(x[:half]), s(x[half:])])
-        elif how == "reordered":
-            y = torch.cat([t(x[half:]), s(x[:half])])
-        elif how == "all_target":
-            y = t(x)
-        elif how == "all_source":
-            y = s(x)
-        else:  # "running": the halves normalised with the stored statistics (eval behaviour)
-            y = torch.cat([s.eval()(x[:half]), t.eval()(x[half:])])
-    return y, _buffers([s, t])
+        for bn in layer.bns:
+            bn.running_mean.copy_(rm)
+            bn.running_var.copy_(rv)
+        layer(x)
+    return tuple((bn.running_mean.clone(), bn.running_var.clone()) for bn in layer.bns)
 
 
-def _check_split_training(fn: Callable[..., Any], x: torch.Tensor, pair: list[torch.nn.Module]) -> None:
-    """Training mode: each half through its own branch, both branches' running statistics updated."""
-    want, want_state = _split_variant(x, pair, "right")
-    given = copy.deepcopy(pair)
-    got = _call_split(fn, x, given, f"split_dsbn_forward(x of shape {tuple(x.shape)}) in training")
-    if not torch.allclose(got, want, atol=1e-5):
-        for how, message in _SPLIT_MISTAKES.items():
-            if torch.allclose(got, _split_variant(x, pair, how)[0], atol=1e-5):
-                fail(message)
-        fail(f"the training output is off by up to {(got - want).abs().max().item():.3g}: bn_source(first half) "
-             f"and bn_target(second half), concatenated with torch.cat along dim 0")
-    if not _same(_buffers(given), want_state):
-        fail("the output is right but the branches' running statistics did not update as BN's do: call the "
-             "modules bn_source(...) and bn_target(...) themselves, once each per step")
+def _unpack_stats(result: Any, c: int) -> list[torch.Tensor]:
+    """[source mean, source var, target mean, target var] from the learner's nested pairs, with shape checks."""
+    if result is None:
+        fail("the function returned None: return ((source_mean, source_var), (target_mean, target_var))")
+    shape_hint = "return ((source_mean, source_var), (target_mean, target_var))"
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        fail(f"{shape_hint}: two pairs, one per branch; got {type(result).__name__}"
+             + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
+    flat = []
+    for branch, pair in zip(("source", "target"), result):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            fail(f"{shape_hint}: the {branch} entry should be a pair (mean, var), got {type(pair).__name__}")
+        for what, t in zip(("mean", "var"), pair):
+            t = as_tensor(t, f"{branch}_{what}").detach().to(torch.float64)
+            if tuple(t.shape) != (c,):
+                fail(f"{branch}_{what} has shape {tuple(t.shape)}; a BN layer keeps one value per channel, shape "
+                     f"({c},): reduce over the images and the positions, dims (0, 2, 3)")
+            flat.append(t)
+    return flat
 
 
-def _check_split_eval(fn: Callable[..., Any], xe: torch.Tensor, pair: list[torch.nn.Module]) -> None:
-    """Eval mode: every sample through the target branch, odd batches included."""
-    n = xe.shape[0]
-    s, t = (bn.eval() for bn in copy.deepcopy(pair))
-    with torch.no_grad():
-        want = t(xe)
-        split = torch.cat([s(xe[: n // 2]), t(xe[n // 2:])])
-        source = s(xe)
-    given = [bn.eval() for bn in copy.deepcopy(pair)]
-    try:
-        got = _call_split(fn, xe, given, f"split_dsbn_forward in eval mode (batch of {n})")
-    except ValueError:
-        fail(f"in eval mode a batch of {n} raised ValueError: eval does not split, every sample goes through "
-             f"bn_target, so odd batches are fine")
-    if torch.allclose(got, want, atol=1e-5):
-        return
-    if torch.allclose(got, split, atol=1e-5):
-        fail("in eval mode do not split the batch: every sample goes through bn_target (check bn_source.training)")
-    if torch.allclose(got, source, atol=1e-5):
-        fail("in eval mode the samples go through bn_target, not bn_source")
-    fail(f"the eval-mode output is off by up to {(got - want).abs().max().item():.3g}: return bn_target(x) with "
-         f"both modules in eval mode")
-
-
-def _check_split_odd_batch(fn: Callable[..., Any], odd: torch.Tensor, pair: list[torch.nn.Module]) -> None:
-    """Training mode, a batch that cannot be halved: a ValueError, not an assert or a silent uneven split."""
-    try:
-        fn(odd, pair[0], pair[1])
-    except ValueError:
-        return
-    except AssertionError:
-        fail("an odd batch raised AssertionError: raise ValueError instead (`assert` is removed under python -O, "
-             "and then the batch would be split unevenly without a word)")
-    except Exception as e:  # noqa: BLE001 - any other error is the wrong kind
-        fail(f"an odd batch raised {type(e).__name__} ({e}); check n % 2 yourself and raise a ValueError that "
-             f"says the batch cannot be split into two halves")
-    fail(f"an odd batch of {odd.shape[0]} in training went through without an error; it cannot be cut into a "
-         f"source half and a target half of equal size: raise ValueError")
+def _close(a: list[torch.Tensor], b: tuple) -> bool:
+    flat = [t.to(torch.float64) for pair in b for t in pair]
+    return all(torch.allclose(x, y, atol=1e-4, rtol=1e-4) for x, y in zip(a, flat))
 
 
 @checker
-def check_split_dsbn_forward(fn: Callable[[torch.Tensor, torch.nn.Module, torch.nn.Module], Any]) -> None:
-    """Notebook 06: ``fn(x, bn_source, bn_target)`` is the split-batch DSBN forward.
+def check_split_step_stats(fn: Callable[..., Any]) -> None:
+    """Notebook 06, exercise 6.1: ``fn(x, running_mean, running_var, momentum)`` returns the running
+    statistics of both branches of a fresh two-branch DSBN2d after one split training step on ``x``.
 
-    Training mode (``bn_source.training``): first half through ``bn_source``, second half through
-    ``bn_target``, concatenated in the input order, both modules' running statistics updated; an
-    odd batch raises ``ValueError``. Eval mode: every sample through ``bn_target``. Tried on
-    ``BatchNorm2d`` and ``BatchNorm1d`` branches.
+    The reference is ``reidlab.dsbn.DSBN2d`` itself; each typical mistake (swapped halves, the whole
+    batch's statistics, the biased variance, the momentum the wrong way round, ...) gets its sentence.
+    Tried with two momenta, so a hard-coded 0.1 shows.
     """
-    g = torch.Generator().manual_seed(61)
-    for bn_class, shape in ((torch.nn.BatchNorm2d, (6, 3, 4, 4)), (torch.nn.BatchNorm1d, (8, 3))):
-        half = shape[0] // 2
-        x = torch.cat([torch.randn(half, *shape[1:], generator=g),
-                       3.0 * torch.randn(half, *shape[1:], generator=g) + 5.0])   # source, then target
-        pair = [bn.train() for bn in _bn_pair(bn_class, shape[1], 62)]
-        _check_split_training(fn, x, pair)
-        for n in (5, 4):
-            _check_split_eval(fn, torch.randn(n, *shape[1:], generator=g) + 1.0, pair)
-    pair = [bn.train() for bn in _bn_pair(torch.nn.BatchNorm1d, 3, 63)]
-    _check_split_odd_batch(fn, torch.randn(7, 3, generator=g), pair)
-    passed("split-batch DSBN: source half -> bn_source, target half -> bn_target, eval -> bn_target, "
-           "odd batches rejected")
+    g = torch.Generator().manual_seed(67)
+    c = 3
+    for n, h, w, momentum in ((8, 3, 2, 0.1), (6, 2, 5, 0.3)):
+        x = torch.cat([torch.randn(n // 2, c, h, w, generator=g),                     # source half
+                       2.5 * torch.randn(n // 2, c, h, w, generator=g) + 4.0])        # target half
+        rm = torch.randn(c, generator=g) * 0.5
+        rv = torch.rand(c, generator=g) + 0.5
+        want = _layer_after_split_step(x, rm, rv, momentum)
+        got = _unpack_stats(fn(x.clone(), rm.clone(), rv.clone(), momentum), c)
+        if _close(got, want):
+            continue
+        if momentum != 0.1 and _close(got, _layer_after_split_step(x, rm, rv, 0.1)):
+            fail(f"you used momentum 0.1, not the momentum passed in ({momentum})")
+        for how, message in _STEP_MISTAKES.items():
+            if _close(got, _step_variant(x, rm, rv, momentum, how)):
+                fail(message)
+        names = ("source_mean", "source_var", "target_mean", "target_var")
+        worst = max(range(4), key=lambda i: (got[i] - [t for p in want for t in p][i].double()).abs().max().item())
+        fail(f"{names[worst]} is off: each branch's running statistic becomes (1 - momentum) * running + momentum "
+             f"* the statistic of its own half (mean over dims 0, 2, 3; unbiased variance)")
+    passed("each branch moved towards its own half: (1 - momentum) * running + momentum * half's mean / "
+           "unbiased variance")
 
 
 def _dsbn_model() -> torch.nn.Module:
