@@ -8,17 +8,25 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 WORKERS ?= 2
-# Profile for `make run` / `make figures`: empty = reidlab's default (gpu with CUDA, else laptop).
+# Profile for `make run`: empty = reidlab's default (gpu with CUDA, else laptop).
 PROFILE ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab run test figures assignments grade instructors-table clean
+# The lowest torch / torchvision that pyproject.toml claims; `make test-lowest` tests them
+# (tests/test_packaging.py checks that these and pyproject's bounds agree).
+TORCH_LOWEST       := 2.4.0
+TORCHVISION_LOWEST := 0.19.0
+VENV_LOWEST        := .venv-lowest
+
+.PHONY: help install lab run test test-lowest site figures assignments grade instructors-table clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
 	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
+	@echo "make test-lowest  the unit tests again, in .venv-lowest with the lowest supported torch/torchvision"
+	@echo "make site     build the static site (build/site/index.html) from the committed notebooks"
 	@echo "make run      execute every notebook headless into build/run and print a timing table"
-	@echo "make figures  regenerate figures/ from the notebooks"
+	@echo "make figures  copy each notebook's key figure from its committed output into figures/"
 	@echo "make assignments  write student versions of the notebooks to build/assignments/"
 	@echo "make grade SUBMISSIONS=dir  grade dir/<student>/<notebook>.ipynb into build/grades.csv"
 	@echo "make instructors-table  regenerate the exercise table in docs/INSTRUCTORS.md from the notebooks"
@@ -46,8 +54,24 @@ test: $(STAMP)
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  tests $(NOTEBOOKS)
 
+# The same unit tests (not the notebooks, not the browser) at the lowest versions we claim to
+# support, in a second environment; CI runs it after `make test`.
+test-lowest:
+	@test -x $(VENV_LOWEST)/bin/python || $(PYTHON) -m venv $(VENV_LOWEST)
+	$(VENV_LOWEST)/bin/python -m pip install --disable-pip-version-check -q \
+	  "torch==$(TORCH_LOWEST)" "torchvision==$(TORCHVISION_LOWEST)" -e '.[dev]'
+	$(VENV_LOWEST)/bin/python -c "import torch, torchvision, numpy; print('testing torch', torch.__version__, '| torchvision', torchvision.__version__, '| numpy', numpy.__version__)"
+	REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1 $(VENV_LOWEST)/bin/python -m pytest -n $(WORKERS) --dist loadfile \
+	  -p no:cacheprovider -m "not browser" tests
+
+# A static HTML site of the series from the committed notebooks (nothing re-executed).
+site: $(STAMP)
+	$(PY) tools/site.py --out build/site
+	@echo "open build/site/index.html in a browser (or: $(PY) -m http.server -d build/site)"
+
+# figures/ (the README's and the site's) from the committed notebooks' outputs, not from a new run.
 figures: $(STAMP)
-	REIDLAB_FIGURES_DIR=$(CURDIR)/figures $(PY) tools/nbtool.py run --out build/figures $(if $(PROFILE),--profile $(PROFILE),) $(NOTEBOOKS)
+	$(PY) tools/nbtool.py figures --out figures $(NOTEBOOKS)
 
 assignments: $(STAMP)
 	$(PY) tools/assign.py release --out build/assignments $(NOTEBOOKS)

@@ -76,6 +76,9 @@ def load_or_train(
 ) -> Any:
     """Return the cached result of ``train_fn()`` for (``name``, ``key``), computing it if needed.
 
+    A cache file that cannot be read (truncated, corrupt, from an incompatible version) is
+    named in a warning, then trained again and overwritten.
+
     Parameters
     ----------
     name:
@@ -89,9 +92,6 @@ def load_or_train(
         Every setting the result depends on (profile name, seed, epochs, ...).
     retrain:
         Ignore an existing cache and train again.
-
-    A cache file that cannot be read (truncated, corrupt, from an incompatible version) is
-    named in a warning, then trained again and overwritten.
     """
     path = cache_path(name, key, root=root)
     if path.exists() and not retrain:

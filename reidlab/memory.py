@@ -185,6 +185,17 @@ class _ExemplarMemory(torch.autograd.Function):
 class InvarianceLoss(nn.Module):
     """ECN's target-domain loss on an exemplar memory (see the module docstring).
 
+    Call ``loss = crit(features, indices, epoch)`` with the batch's features (the model's
+    ``tgt_feat``), their indices into the target training set and the 0-based epoch;
+    ``loss.backward()`` then updates ``crit.memory``. The memory starts at zeros, as in the
+    published code, and is filled by the first epoch's updates (rate 0 there).
+
+    One call, one backward: the memory update lives in the backward pass, so a second call
+    while the first call's loss is still waiting for its backward, or a second backward of one
+    call (``retain_graph=True``), would update the memory twice. Both raise ``RuntimeError``.
+    A call without gradients (``torch.no_grad()``, or features that need none) only computes
+    the loss and updates nothing; a loss dropped without backward is forgotten.
+
     Parameters
     ----------
     num_samples:
@@ -201,17 +212,6 @@ class InvarianceLoss(nn.Module):
         (ECN: 0.01).
     knn_epoch:
         First epoch that uses the soft target (ECN's code: ``epoch > 4``, i.e. 5).
-
-    Call ``loss = crit(features, indices, epoch)`` with the batch's features (the model's
-    ``tgt_feat``), their indices into the target training set and the 0-based epoch;
-    ``loss.backward()`` then updates ``crit.memory``. The memory starts at zeros, as in the
-    published code, and is filled by the first epoch's updates (rate 0 there).
-
-    One call, one backward: the memory update lives in the backward pass, so a second call
-    while the first call's loss is still waiting for its backward, or a second backward of one
-    call (``retain_graph=True``), would update the memory twice. Both raise ``RuntimeError``.
-    A call without gradients (``torch.no_grad()``, or features that need none) only computes
-    the loss and updates nothing; a loss dropped without backward is forgotten.
     """
 
     memory: torch.Tensor

@@ -32,3 +32,35 @@ def test_notebooks_follow_the_template():
         assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code" and c.source.strip()), (
             f"{path.name}: committed without outputs from a full run"
         )
+
+
+def test_key_figures_come_from_the_saving_cells_output():
+    import base64
+
+    import pytest
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    nb = {"cells": [
+        {"cell_type": "code", "source": ["fig = draw()\n", 'viz.savefig(fig, "07_demo")\n'],
+         "outputs": [{"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"}}]},
+        {"cell_type": "code", "source": ["print('no figure here')"], "outputs": []},
+    ]}
+    assert nbtool.key_figures(nb) == {"07_demo": b"\x89PNG fake"}
+    nb["cells"][0]["outputs"].append(nb["cells"][0]["outputs"][0])        # two figures: which one is meant?
+    with pytest.raises(ValueError, match="2 PNG outputs"):
+        nbtool.key_figures(nb)
+    nb["cells"][0]["outputs"] = []                                          # not executed
+    with pytest.raises(ValueError, match="0 PNG outputs"):
+        nbtool.key_figures(nb)
+
+
+def test_committed_figures_are_the_committed_notebooks_figures():
+    """figures/ (README, site) must be what the notebooks show: run `make figures` after re-executing one."""
+    import json
+
+    expected = {}
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        expected.update(nbtool.key_figures(json.loads(path.read_text())))
+    assert len(expected) == 12
+    stale = [name for name, png in expected.items() if (ROOT / "figures" / f"{name}.png").read_bytes() != png]
+    assert not stale, f"figures/ differs from the notebooks' outputs for {stale}: run `make figures`"

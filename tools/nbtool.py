@@ -5,6 +5,11 @@
     python tools/nbtool.py execute --profile laptop notebooks/03_*.ipynb  # refresh committed outputs
     python tools/nbtool.py export notebooks/03_x.ipynb /tmp/03_x.py  # edit as plain text ...
     python tools/nbtool.py build /tmp/03_x.py notebooks/03_x.ipynb   # ... and back (then `execute`)
+    python tools/nbtool.py figures --out figures notebooks/*.ipynb   # make figures
+
+``figures`` writes the key figure of each notebook (the cell that calls ``savefig(fig, "NAME")``)
+to ``figures/NAME.png``, taken from the notebook's committed output: the README and the site
+then show exactly what the committed run drew, never a figure from another run or profile.
 
 ``run`` writes executed copies elsewhere and never touches the tracked notebooks;
 ``execute`` rewrites them in place, which is how committed outputs are produced (an
@@ -17,7 +22,9 @@ metadata may follow as JSON, e.g. ``# %% {"tags": ["raises-exception"]}``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import re
 import os
 import sys
 import time
@@ -66,6 +73,38 @@ def cmd_run(args: argparse.Namespace, *, in_place: bool = False) -> int:
     total = sum(r[1] for r in rows)
     print(f"{'total':<{width}}  {total:8.1f}  {sum(r[2] for r in rows)}/{len(rows)} ok")
     return 0 if all(r[2] for r in rows) else 1
+
+
+SAVEFIG = re.compile(r"savefig\(.*,\s*[\"']([\w-]+)[\"']\)")
+
+
+def key_figures(nb) -> dict[str, bytes]:
+    """``{name: PNG bytes}`` for every cell that calls ``savefig(..., "name")``, from its output.
+
+    The cell must have exactly one PNG output (the figure it saves); anything else is an
+    error, since which figure was meant could only be guessed.
+    """
+    found: dict[str, bytes] = {}
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        for name in SAVEFIG.findall("".join(cell["source"])):
+            pngs = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            if len(pngs) != 1:
+                raise ValueError(f"cell {i} saves figure {name!r} but has {len(pngs)} PNG outputs (expected 1; "
+                                 "execute the notebook first)")
+            found[name] = base64.b64decode("".join(pngs[0]) if isinstance(pngs[0], list) else pngs[0])
+    return found
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.notebooks:
+        for name, png in key_figures(json.loads(Path(path).read_text())).items():
+            (out / f"{name}.png").write_bytes(png)
+            print(f"{out / (name + '.png')}  <- {Path(path).name}")
+    return 0
 
 
 def to_percent(nb) -> str:
@@ -118,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
         if name == "run":
             s.add_argument("--out", default="build/run")
+    s = sub.add_parser("figures")
+    s.add_argument("notebooks", nargs="+")
+    s.add_argument("--out", default="figures")
     s = sub.add_parser("export")
     s.add_argument("notebook")
     s.add_argument("out")
@@ -129,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.cmd == "execute":
         return cmd_run(args, in_place=True)
+    if args.cmd == "figures":
+        return cmd_figures(args)
     if args.cmd == "export":
         Path(args.out).write_text(to_percent(nbformat.read(args.notebook, as_version=4)))
         return 0

@@ -11,18 +11,18 @@ ECN authors) in the layout of Market-1501::
 
 and the identity and the camera are read from each file name:
 
-=================  ================================  ==========================================
-dataset            example                           fields
-=================  ================================  ==========================================
-Market-1501        ``0002_c1s1_000451_03.jpg``       pid 2, camera 1, sequence 1, frame, box
-Market-1501 junk   ``-1_c3s1_000301_02.jpg``         pid -1: a bad detection ("junk")
-Market distractor  ``0000_c1s1_000151_01.jpg``       pid 0: a distractor (no real identity)
-DukeMTMC-reID      ``0001_c2_f0046182.jpg``          pid 1, camera 2, frame 46182
-MSMT17 (ECN)       ``0000_c14_0030.jpg``             pid 0, camera 14 (15 cameras)
-synthetic          Market-1501 naming (:mod:`reidlab.data.synth`)
-CamStyle           ``0002_c1s1_000451_03_fake_1to2.jpg``  the same image in camera 2's style
-CamStyle (MSMT17)  ``0000_c14_0030_fake_3.jpg``      ECN's MSMT17 set names only the target
-=================  ================================  ==========================================
+=================  ========================================  ==========================================
+dataset            example                                   fields
+=================  ========================================  ==========================================
+Market-1501        ``0002_c1s1_000451_03.jpg``               pid 2, camera 1, sequence 1, frame, box
+Market-1501 junk   ``-1_c3s1_000301_02.jpg``                 pid -1: a bad detection ("junk")
+Market distractor  ``0000_c1s1_000151_01.jpg``               pid 0: a distractor (no real identity)
+DukeMTMC-reID      ``0001_c2_f0046182.jpg``                  pid 1, camera 2, frame 46182
+MSMT17 (ECN)       ``0000_c14_0030.jpg``                     pid 0, camera 14 (15 cameras)
+synthetic          Market-1501 naming                        (:mod:`reidlab.data.synth`)
+CamStyle           ``0002_c1s1_000451_03_fake_1to2.jpg``     the same image in camera 2's style
+CamStyle (MSMT17)  ``0000_c14_0030_fake_3.jpg``              ECN's MSMT17 set names only the target
+=================  ========================================  ==========================================
 
 The parse rule is ECN's and open-reid's: ``<pid>_c<cam>`` at the start of the name.
 
@@ -170,7 +170,9 @@ def list_images(folder: Path) -> list[Path]:
     Sorted so that item order, and hence relabelled pids and exemplar-memory slots, do not
     depend on the file system; other files (the ``Thumbs.db`` of the Market archive) are skipped.
     """
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    with os.scandir(folder) as entries:      # d_type from the directory listing: no stat per file
+        names = [e.name for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()]
+    return [folder / n for n in sorted(names)]
 
 
 def _split_of(path: str) -> str:

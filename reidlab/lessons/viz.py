@@ -2,9 +2,10 @@
 
 Figures are drawn with plain matplotlib so a learner can read and change them. The one
 piece of plumbing here is :func:`savefig`: a notebook marks its key figure with it, and
-``make figures`` collects those figures into ``figures/`` for the README. Nothing is
-written unless ``$REIDLAB_FIGURES_DIR`` is set, so running a notebook (or the tests)
-never touches the tracked tree.
+``make figures`` copies that cell's committed output into ``figures/`` for the README and
+the site (``tools/nbtool.py figures``). The call itself writes a file only when
+``$REIDLAB_FIGURES_DIR`` is set (e.g. to export a figure of your own run), so running a
+notebook (or the tests) never touches the tracked tree.
 """
 from __future__ import annotations
 
