@@ -71,6 +71,7 @@ def test_cli_trains_and_writes_logs(cli_run, capsys):
     rows = list(csv.DictReader((cli_run / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert list(rows[0]) == list(LOG_COLUMNS)
+    assert [r["steps"] for r in rows] == ["3", "3", "3"]       # 24 source images in batches of 8, per epoch
     assert rows[0]["rank1"] == "" and rows[-1]["rank1"] != ""  # eval_every=0: only at the end
     for r in rows:
         assert math.isfinite(float(r["loss_src"])) and math.isfinite(float(r["loss_tgt"]))

@@ -408,6 +408,6 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
     if crit is not None and 1 <= config.knn < len(parts.true_ids):
         knn = float(knn_precision(crit.memory, parts.true_ids.to(crit.memory.device), config.knn))
     return {
-        "epoch": epoch, "loss_src": row["loss_src"], "loss_tgt": row["loss_tgt"], "acc_src": row["acc_src"],
+        "epoch": epoch, "steps": row["steps"], "loss_src": row["loss_src"], "loss_tgt": row["loss_tgt"], "acc_src": row["acc_src"],
         "lr": lr, "knn_precision": knn, "seconds": row["seconds"], "rank1": None, "mAP": None,
     }

@@ -62,7 +62,7 @@ CHECKPOINT_KEYS: tuple[str, ...] = (
     "history", "metrics",
 )
 LOG_COLUMNS: tuple[str, ...] = (
-    "epoch", "loss_src", "loss_tgt", "acc_src", "lr", "knn_precision", "seconds", "rank1", "mAP",
+    "epoch", "steps", "loss_src", "loss_tgt", "acc_src", "lr", "knn_precision", "seconds", "rank1", "mAP",
 )
 #: The files a run writes into its folder.
 RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "log.csv", "history.json", "metrics.json", "config.json")
