@@ -20,7 +20,6 @@ whose profile each setup cell prints. The build has two steps:
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import pkgutil
@@ -100,7 +99,6 @@ def rewrite_links(text: str, source: str) -> str:
 def stage_notebook(src: Path, dst: Path) -> None:
     """Copy a notebook for the site: widget views out, a download link in."""
     nb = json.loads(src.read_text())
-    nb = copy.deepcopy(nb)
     nb["metadata"].pop("widgets", None)
     for cell in nb["cells"]:
         outputs = []
