@@ -79,6 +79,10 @@ def init_from_env(device_type: str) -> Iterator[DistInfo]:
     dist.init_process_group(backend, timeout=timeout)
     try:
         yield info
+        # Leave together (only when the block succeeded: after a failure the others may be gone).
+        # A process tearing down while its peer already had could hang in destroy_process_group
+        # under torch 2.4 with gloo (seen in the test helper, tests/gloo.py, 1 run in 8).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -30,5 +30,8 @@ def _worker(rank: int, fn, port: int, world_size: int, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        # Both ranks done before either tears down: under torch 2.4 a rank whose peer had already
+        # destroyed its group and exited could hang in destroy_process_group (seen in 1 run of 8).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
