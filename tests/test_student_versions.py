@@ -35,6 +35,7 @@ spec = importlib.util.spec_from_file_location("assign", ROOT / "tools" / "assign
 assign = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(assign)
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+pytestmark = pytest.mark.notebooks     # whole notebooks run here: `make test-lowest` runs the unit tests only
 # The data cache the notebooks (and nbval) use, read before conftest points it at tmp_path:
 # a student version trains exactly what its notebook trains, so it reuses the same cache.
 DATA_DIR = os.environ.get("REIDLAB_DATA_DIR")
