@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import logging
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -143,6 +145,24 @@ def _console(main_process: bool = True) -> Iterator[None]:
             logger.removeHandler(handler)
 
 
+def _release(err: BaseException) -> None:
+    """Free what a failed run still holds, before the interpreter starts shutting down.
+
+    An error raised in a DataLoader worker is re-raised by torch from a frame that keeps the
+    exception in a local variable, a reference cycle through the traceback that keeps the
+    loader's iterator, and with it the worker processes and their queues, alive until the
+    interpreter exits. Torn down that late, the queues' feeder threads can print a traceback
+    of their own after the clean error message (torch 2.4: "semaphore or lock released too
+    many times"). Clearing the traceback's frames and collecting now shuts the workers down
+    while the interpreter is still whole.
+    """
+    exc: BaseException | None = err
+    while exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    gc.collect()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Train (or resume) ECN from command-line arguments; return the exit code (see the module docstring)."""
     parser = build_parser()
@@ -162,11 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
 
             result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print(f"interrupted; rerun the same command to resume from {args.out}/checkpoint.pt", file=sys.stderr)
+        _release(err)
         return 130
     except (OSError, ValueError, FloatingPointError) as err:  # OSError: missing files, unreadable images, full disk
         print(f"error: {one_line(err)}", file=sys.stderr)
+        _release(err)
         return 2
     if not info.is_main:
         return 0
