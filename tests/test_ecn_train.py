@@ -20,10 +20,13 @@ from reidlab.data.layout import read_image
 from reidlab.data.loaders import (
     CamStyleTargetDataset,
     ColorStyleTargetDataset,
+    ImageDataset,
     TargetDataset,
+    make_loader,
     target_train_dataset,
 )
 from reidlab.data.transforms import build_test_transform
+from reidlab.evaluation import evaluate_rank, extract_features, pairwise_distance
 from reidlab.memory import InvarianceLoss
 from reidlab.ecn import ECNConfig, build_ecn, ecn_loss, load_checkpoint, main, train_ecn
 from reidlab.ecn.rundir import LOG_COLUMNS, config_differences
@@ -198,6 +201,18 @@ def test_lambda_weighting(worlds, tmp_path, monkeypatch):
     res = train_ecn(_cfg(worlds, epochs=1, max_steps=1, invariance="source-only"), tmp_path / "s", progress=False)
     assert seen[0][1] is None and seen[0][3] == seen[0][0]
     assert res.criterion is None and res.history[0]["loss_tgt"] is None and res.history[0]["knn_precision"] is None
+
+
+def test_the_result_holds_the_distances_its_metrics_come_from(worlds, domains, tmp_path):
+    res = train_ecn(_cfg(worlds, epochs=1, max_steps=1, invariance="source-only"), tmp_path / "d", progress=False)
+    target = domains[1]
+    assert res.distmat.shape == (len(target.query), len(target.gallery))
+    tf = build_test_transform(res.config.height, res.config.width)
+    q, g = (extract_features(res.model, make_loader(ImageDataset(items, tf), 16), "cpu", labels=True)
+            for items in (target.query, target.gallery))
+    np.testing.assert_allclose(res.distmat, pairwise_distance(q.features, g.features), rtol=1e-5, atol=1e-6)
+    ranked = evaluate_rank(res.distmat, q.pids, g.pids, q.camids, g.camids)
+    assert ranked.mAP == pytest.approx(res.metrics["mAP"]) and ranked.cmc[0] == pytest.approx(res.metrics["rank1"])
 
 
 # --- building blocks: switches, optimizer, schedule, AMP, config --------------------------------------
@@ -402,6 +417,7 @@ def test_resuming_a_finished_run_loads_no_data(worlds, cli_run, monkeypatch):
     config = _cfg(worlds)
     res = train_ecn(config, cli_run, progress=False)
     assert len(res.history) == 3 and res.metrics == json.loads((cli_run / "metrics.json").read_text())
+    assert res.distmat is None  # nothing was evaluated
     assert isinstance(res.criterion, InvarianceLoss) and not res.model.training
     ckpt = load_checkpoint(cli_run / "checkpoint.pt")
     for k, v in res.model.state_dict().items():

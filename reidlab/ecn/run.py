@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -88,6 +89,10 @@ class ECNResult:
     target-domain test metrics (``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mAP_trapezoid``, ``mINP``,
     fractions; :func:`evaluate_model`)
     and, with ``eval_source``, the same for the source domain prefixed ``source_``.
+    ``distmat`` holds the target query x gallery distances those metrics were computed from
+    (rows and columns in the order of the dataset's query and gallery lists), so that a caller
+    can look at rank lists without extracting the features again; it is ``None`` for a run that
+    was already finished and only loaded, and on every process but rank 0.
     """
 
     config: ECNConfig
@@ -96,6 +101,7 @@ class ECNResult:
     model: nn.Module
     criterion: nn.Module | None
     out_dir: Path = field(default_factory=Path)
+    distmat: np.ndarray | None = None
 
 
 EpochCallback = Callable[[int, nn.Module, "nn.Module | None", dict], None]
@@ -247,6 +253,12 @@ def evaluate_model(
     non-interpolated (torchreid's rule); ``mAP_trapezoid`` is Market-1501's official rule,
     which ECN's evaluator computes too: the paper's numbers compare with that one.
     """
+    return _evaluate(model, query_loader, gallery_loader, device, amp)[0]
+
+
+def _evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
+              device: str | torch.device | None, amp: bool) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_model`'s metrics and the distance matrix they come from."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
         q = extract_features(model, query_loader, dev, labels=True)
@@ -254,10 +266,11 @@ def evaluate_model(
     dist = pairwise_distance(q.features, g.features)
     res = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10)
     trapezoid = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10, ap="trapezoid")
-    return {
+    metrics = {
         "rank1": float(res.cmc[0]), "rank5": float(res.cmc[4]), "rank10": float(res.cmc[9]),
         "mAP": float(res.mAP), "mAP_trapezoid": float(trapezoid.mAP), "mINP": float(res.mINP),
     }
+    return metrics, dist
 
 
 @contextlib.contextmanager
@@ -297,20 +310,23 @@ def _restore(parts: ECNParts, ckpt: Mapping[str, Any], path: Path, shapes: Mappi
 # --- the trainer ------------------------------------------------------------------------------
 
 
-def _evaluate_epoch(parts: ECNParts, config: ECNConfig, epoch: int, row: dict) -> dict[str, float] | None:
+def _evaluate_epoch(
+    parts: ECNParts, config: ECNConfig, epoch: int, row: dict
+) -> tuple[dict[str, float], np.ndarray] | None:
     """Evaluate after ``epoch`` when it is due: fill ``row``'s rank-1/mAP; return the final metrics
-    after the last epoch, ``{}`` after another evaluated one, ``None`` when nothing was evaluated."""
+    after the last epoch, ``{}`` after another evaluated one (each with the target distance
+    matrix), ``None`` when nothing was evaluated."""
     last = epoch == config.epochs - 1
     if not (last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
         return None
-    res = evaluate_model(parts.model, parts.query, parts.gallery, device=parts.device, amp=parts.amp)
+    res, dist = _evaluate(parts.model, parts.query, parts.gallery, parts.device, parts.amp)
     row["rank1"], row["mAP"] = res["rank1"], res["mAP"]
     if not last:
-        return {}
+        return {}, dist
     if parts.source_query is not None:
         src = evaluate_model(parts.model, parts.source_query, parts.source_gallery, device=parts.device, amp=parts.amp)
         res.update({f"source_{k}": v for k, v in src.items()})
-    return res
+    return res, dist
 
 
 def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResult:
@@ -328,9 +344,12 @@ def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResul
     return ECNResult(config=config, history=history, metrics=metrics, model=model, criterion=criterion, out_dir=out)
 
 
-def _train_epochs(parts: ECNParts, config: ECNConfig, out: Path, history: list, shapes: Mapping[str, int],
-                  progress: bool, callback: EpochCallback | None) -> dict[str, float]:
-    """Train the epochs ``history`` does not hold yet; return the final metrics (rank 0's; ``{}`` elsewhere).
+def _train_epochs(
+    parts: ECNParts, config: ECNConfig, out: Path, history: list, shapes: Mapping[str, int],
+    progress: bool, callback: EpochCallback | None,
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Train the epochs ``history`` does not hold yet; return the final metrics and target distance
+    matrix (rank 0's; ``{}`` and ``None`` elsewhere).
 
     Each epoch is checkpointed *before* it is evaluated, so an evaluation that fails (an
     unreadable gallery image) costs no training: a rerun resumes and only evaluates again.
@@ -339,6 +358,7 @@ def _train_epochs(parts: ECNParts, config: ECNConfig, out: Path, history: list, 
     main = parts.rank == 0
     ckpt_path = out / "checkpoint.pt"
     metrics: dict[str, float] = {}
+    dist = None
     for epoch in range(len(history), config.epochs):
         row = ecn_epoch(parts, config, epoch, progress=progress and main)
         parts.scheduler.step()
@@ -348,17 +368,17 @@ def _train_epochs(parts: ECNParts, config: ECNConfig, out: Path, history: list, 
             write_logs(out, history)
             evaluated = _evaluate_epoch(parts, config, epoch, row)
             if evaluated is not None:
-                metrics = evaluated
+                metrics, dist = evaluated
                 save_checkpoint(ckpt_path, parts, config, epoch, history, metrics, shapes)
                 write_logs(out, history, metrics)
             if callback is not None:
                 callback(epoch, parts.model, parts.criterion, dict(row))
         barrier()
     if main and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
-        metrics = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
+        metrics, dist = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
         save_checkpoint(ckpt_path, parts, config, config.epochs - 1, history, metrics, shapes)
         write_logs(out, history, metrics)
-    return metrics
+    return metrics, dist
 
 
 def _open_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo, stack: contextlib.ExitStack):
@@ -459,8 +479,9 @@ def train_ecn(
             if ckpt is not None:
                 _restore(parts, ckpt, out / "checkpoint.pt", shapes)
                 history = [dict(r) for r in ckpt["history"]]
-            metrics = _train_epochs(parts, config, out, history, shapes, progress, callback)
+            metrics, dist = _train_epochs(parts, config, out, history, shapes, progress, callback)
     parts.model.eval()
     return ECNResult(
-        config=config, history=history, metrics=metrics, model=parts.model, criterion=parts.criterion, out_dir=out
+        config=config, history=history, metrics=metrics, model=parts.model, criterion=parts.criterion, out_dir=out,
+        distmat=dist,
     )
