@@ -46,3 +46,18 @@ def test_bench_ddp_runs_one_and_two_processes(capsys):
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "1 process: " in out and "2 processes: " in out and "memory all-gather" in out
+
+
+def test_bench_parallel_runs_compares_and_finds_the_bits_equal(capsys, tmp_path):
+    from ecn_micro import make_worlds
+    from reidlab.lessons.parallel import can_fork
+
+    worlds = make_worlds(tmp_path)
+    bench = _load("bench_parallel_runs")
+    args = ["--jobs", "2", "--procs", "2", "--threads", "1", "--epochs", "1", "--height", "32", "--width", "16",
+            "--batch", "8", "--num-features", "32", "--source", worlds["source"], "--target", worlds["target"],
+            "--invariance", "E"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    if can_fork():
+        assert "speed-up:" in out and "same metrics and weights in a child process as here: True" in out

@@ -215,6 +215,46 @@ def test_the_result_holds_the_distances_its_metrics_come_from(worlds, domains, t
     assert ranked.mAP == pytest.approx(res.metrics["mAP"]) and ranked.cmc[0] == pytest.approx(res.metrics["rank1"])
 
 
+def test_a_run_in_memory_writes_nothing_and_equals_a_run_in_a_folder(worlds, tmp_path, monkeypatch):
+    cfg = _cfg(worlds, epochs=2, max_steps=2, invariance="E+C+N", knn_start=1)
+    on_disk = train_ecn(cfg, tmp_path / "run", resume=False, progress=False)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    in_memory = train_ecn(cfg, None, progress=False)
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing written, not even into the working folder
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        [".lock", "checkpoint.pt", "config.json", "history.json", "log.csv", "metrics.json"])
+    assert in_memory.out_dir is None and on_disk.out_dir == tmp_path / "run"
+    assert in_memory.metrics == on_disk.metrics
+    assert _strip_seconds(in_memory.history) == _strip_seconds(on_disk.history)
+    np.testing.assert_array_equal(in_memory.distmat, on_disk.distmat)
+    for (name, a), b in zip(in_memory.model.state_dict().items(), on_disk.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_optimizer_takes_the_same_steps_as_a_plain_loop(worlds, domains):
+    """make_optimizer batches its updates (foreach=True); that must not change a single bit."""
+    parts = build_ecn(_cfg(worlds), *domains, "cpu")
+    params = [p for g in parts.optimizer.param_groups for p in g["params"]]
+    assert parts.optimizer.defaults["foreach"] is True
+    plain = torch.optim.SGD(
+        [{"params": [q for q in (p.detach().clone().requires_grad_() for p in g["params"])], "lr": g["lr"]}
+         for g in parts.optimizer.param_groups],
+        lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, foreach=False,
+    )
+    twins = [q for g in plain.param_groups for q in g["params"]]
+    before = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        parts.optimizer.step()
+        plain.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twins))
+    assert not any(torch.equal(p, b) for p, b in zip(params, before))  # every tensor moved
+
+
 # --- building blocks: switches, optimizer, schedule, AMP, config --------------------------------------
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,8 @@ class ECNResult:
     ``distmat`` holds the target query x gallery distances those metrics were computed from
     (rows and columns in the order of the dataset's query and gallery lists), so that a caller
     can look at rank lists without extracting the features again; it is ``None`` for a run that
-    was already finished and only loaded, and on every process but rank 0.
+    was already finished and only loaded, and on every process but rank 0. ``out_dir`` is the run
+    folder, ``None`` for a run trained in memory (``train_ecn(config, None)``).
     """
 
     config: ECNConfig
@@ -100,7 +101,7 @@ class ECNResult:
     metrics: dict[str, float]
     model: nn.Module
     criterion: nn.Module | None
-    out_dir: Path = field(default_factory=Path)
+    out_dir: Path | None = None
     distmat: np.ndarray | None = None
 
 
@@ -345,7 +346,7 @@ def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResul
 
 
 def _train_epochs(
-    parts: ECNParts, config: ECNConfig, out: Path, history: list, shapes: Mapping[str, int],
+    parts: ECNParts, config: ECNConfig, out: Path | None, history: list, shapes: Mapping[str, int],
     progress: bool, callback: EpochCallback | None,
 ) -> tuple[dict[str, float], np.ndarray | None]:
     """Train the epochs ``history`` does not hold yet; return the final metrics and target distance
@@ -353,30 +354,33 @@ def _train_epochs(
 
     Each epoch is checkpointed *before* it is evaluated, so an evaluation that fails (an
     unreadable gallery image) costs no training: a rerun resumes and only evaluates again.
-    With several processes only rank 0 writes, evaluates and calls ``callback``.
+    With several processes only rank 0 writes, evaluates and calls ``callback``; with ``out``
+    ``None`` nothing is written.
     """
     main = parts.rank == 0
-    ckpt_path = out / "checkpoint.pt"
+    save = main and out is not None
     metrics: dict[str, float] = {}
     dist = None
     for epoch in range(len(history), config.epochs):
         row = ecn_epoch(parts, config, epoch, progress=progress and main)
         parts.scheduler.step()
         history.append(row)
-        if main:
-            save_checkpoint(ckpt_path, parts, config, epoch, history, {}, shapes)
+        if save:
+            save_checkpoint(out / "checkpoint.pt", parts, config, epoch, history, {}, shapes)
             write_logs(out, history)
+        if main:
             evaluated = _evaluate_epoch(parts, config, epoch, row)
             if evaluated is not None:
                 metrics, dist = evaluated
-                save_checkpoint(ckpt_path, parts, config, epoch, history, metrics, shapes)
-                write_logs(out, history, metrics)
+                if save:
+                    save_checkpoint(out / "checkpoint.pt", parts, config, epoch, history, metrics, shapes)
+                    write_logs(out, history, metrics)
             if callback is not None:
                 callback(epoch, parts.model, parts.criterion, dict(row))
         barrier()
-    if main and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
+    if save and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
         metrics, dist = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
-        save_checkpoint(ckpt_path, parts, config, config.epochs - 1, history, metrics, shapes)
+        save_checkpoint(out / "checkpoint.pt", parts, config, config.epochs - 1, history, metrics, shapes)
         write_logs(out, history, metrics)
     return metrics, dist
 
@@ -393,15 +397,17 @@ def _open_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo, stack:
     return ckpt
 
 
-def _start_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo):
+def _start_run(out: Path | None, config: ECNConfig, resume: bool, info: DistInfo):
     """Load (or generate) the data; then, on rank 0, announce a kNN term that never starts, move an
     old run aside and write config.json. The data comes first: nothing is replaced before it loads."""
     domains = load_domains(config)
-    if not resume or not (out / "checkpoint.pt").exists():
+    if out is None or not resume or not (out / "checkpoint.pt").exists():
         pretrained_weights(config, _process_device(config, info))  # trained once here, not by every process
     if info.is_main:
         if (reason := knn_warning(config)) is not None:
             warnings.warn(reason, UserWarning, stacklevel=3)
+        if out is None:
+            return domains
         if not resume:
             move_aside(out)
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(derived=True), indent=1) + "\n")
@@ -417,7 +423,7 @@ def _process_device(config: ECNConfig, info: DistInfo) -> torch.device:
 
 def train_ecn(
     config: ECNConfig | Mapping[str, Any],
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
     *,
     resume: bool = True,
     progress: bool = True,
@@ -430,7 +436,11 @@ def train_ecn(
     config:
         An :class:`ECNConfig` (or its dict).
     out_dir:
-        The run folder (:mod:`reidlab.ecn.rundir`). Gets ``checkpoint.pt`` (written
+        The run folder (:mod:`reidlab.ecn.rundir`), or ``None`` to train in memory and write
+        nothing: no checkpoint (so nothing to resume), no logs, no lock; the result is only
+        what this call returns. That suits a caller that caches results itself, as notebook 10
+        does, and saves writing the checkpoint every epoch (about 0.3 s each for ResNet-18).
+        Otherwise the folder gets ``checkpoint.pt`` (written
         atomically after every epoch, read with ``weights_only=True``), ``log.csv`` and
         ``history.json`` (one row per epoch: ``epoch`` (0-based, as the memory counts),
         ``loss_src``, ``loss_tgt``, ``acc_src``, ``lr`` (new layers), ``knn_precision`` (of the
@@ -465,8 +475,8 @@ def train_ecn(
     config = ECNConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
     with init_from_env(resolve_device(config.device).type) as info, contextlib.ExitStack() as stack:
         config = config.replace(world_size=info.world_size)  # checks that the batch can be shared out
-        out = main_first(lambda: check_out_dir(out_dir))
-        ckpt = main_first(lambda: _open_run(out, config, resume, info, stack))
+        out = None if out_dir is None else main_first(lambda: check_out_dir(out_dir))
+        ckpt = None if out is None else main_first(lambda: _open_run(out, config, resume, info, stack))
         if ckpt is not None and int(ckpt["epoch"]) == config.epochs - 1 and ckpt["metrics"]:
             return _finished(ckpt, config, out)
         device = _process_device(config, info)
