@@ -76,6 +76,13 @@ def test_a_failing_child_is_named_with_its_traceback():
 
 
 @needs_fork
+def test_a_result_that_cannot_be_pickled_is_reported_as_an_error():
+    with pytest.raises(RuntimeError, match=r"item 1 \(1\) failed in its process") as err:
+        map_in_processes(lambda i: (lambda: i) if i == 1 else i, [0, 1], processes=2, progress=False)
+    assert "pickle" in str(err.value).lower()
+
+
+@needs_fork
 def test_a_child_that_dies_is_reported_with_its_exit_code():
     def die(i):
         os._exit(7)

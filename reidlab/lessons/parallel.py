@@ -46,16 +46,15 @@ def can_fork() -> bool:
 def _child(conn, fn: Callable[[Any], Any], item: Any, threads: int) -> None:
     out = io.StringIO()
     sys.stdout = sys.stderr = out  # for good: the parent's streams (a Jupyter kernel's) do not work here
-    try:
-        torch.set_num_threads(threads)
-        result = fn(item)
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        message = (False, traceback.format_exc(), out.getvalue())
-    else:
-        message = (True, result, out.getvalue())
     # Plain pickle, not the connection's own: once torch.multiprocessing is imported (a DataLoader
     # does), that one sends a tensor as a handle to this process's memory, gone when it exits.
-    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    # Pickled inside the try, so that a result that cannot be pickled is reported like an error.
+    try:
+        torch.set_num_threads(threads)
+        payload = pickle.dumps((True, fn(item), out.getvalue()), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        payload = pickle.dumps((False, traceback.format_exc(), out.getvalue()), protocol=pickle.HIGHEST_PROTOCOL)
+    conn.send_bytes(payload)
     conn.close()
 
 
