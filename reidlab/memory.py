@@ -133,20 +133,26 @@ def memory_update_loop_(memory: torch.Tensor, indices: torch.Tensor, features: t
     return memory
 
 
-def smooth_targets(logits: torch.Tensor, indices: torch.Tensor, k: int) -> torch.Tensor:
+def smooth_targets(logits: torch.Tensor, indices: torch.Tensor, k: int, *, random: bool = False) -> torch.Tensor:
     """ECN's neighbourhood-invariance target (the reference's ``smooth_hot``).
 
     ``1/k`` on each of the ``k`` largest entries of each row of ``logits`` (detached), then
     ``1`` on the image's own slot, which overrides the ``1/k`` when the own slot is among
     the top-k. Rows are not renormalised (see the module docstring).
+
+    ``random=True`` is notebook 10's negative control: ``k`` distinct slots drawn at random
+    (torch's global generator) instead of the ``k`` nearest, the same soft target otherwise.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if k > logits.shape[1]:
         raise ValueError(f"k={k} neighbours requested but the memory has only {logits.shape[1]} slots")
     logits = logits.detach()
-    # torch.sort(descending, stable) ranks ties by slot order, like the reference's sort.
-    top = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+    if random:
+        top = torch.rand(logits.shape, device=logits.device).topk(k, dim=1).indices
+    else:
+        # torch.sort(descending, stable) ranks ties by slot order, like the reference's sort.
+        top = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
     target = torch.zeros_like(logits)
     target.scatter_(1, top, 1.0 / k)
     target.scatter_(1, indices.view(-1, 1).to(logits.device), 1.0)
@@ -212,9 +218,19 @@ class InvarianceLoss(nn.Module):
         (ECN: 0.01).
     knn_epoch:
         First epoch that uses the soft target (ECN's code: ``epoch > 4``, i.e. 5).
+    random_neighbours:
+        Notebook 10's negative control for N: the soft target's ``k`` slots are drawn at random
+        instead of being the nearest (:func:`smooth_targets`).
+
+    Notes
+    -----
+    ``slot_map`` (a buffer, the identity unless changed) maps an image's index to the slot it
+    reads and writes. :meth:`shuffle_slots` draws a new random map: notebook 10's negative
+    control for E, in which an image is pulled towards whatever another image left in the slot.
     """
 
     memory: torch.Tensor
+    slot_map: torch.Tensor
 
     def __init__(
         self,
@@ -224,6 +240,7 @@ class InvarianceLoss(nn.Module):
         knn: int = 6,
         alpha: float = 0.01,
         knn_epoch: int = 5,
+        random_neighbours: bool = False,
     ) -> None:
         super().__init__()
         if num_samples < 1 or num_features < 1:
@@ -236,7 +253,9 @@ class InvarianceLoss(nn.Module):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.num_samples, self.num_features = num_samples, num_features
         self.beta, self.knn, self.alpha, self.knn_epoch = beta, knn, alpha, knn_epoch
+        self.random_neighbours = bool(random_neighbours)
         self.register_buffer("memory", torch.zeros(num_samples, num_features))
+        self.register_buffer("slot_map", torch.arange(num_samples))
         #: With several processes (notebook 11): a function returning every process's tensor, concatenated
         #: in rank order (:func:`reidlab.distributed.all_gather_cat`), applied to the features and indices
         #: before the memory update, so every process's memory stays identical. ``None``: one process.
@@ -260,7 +279,14 @@ class InvarianceLoss(nn.Module):
         return (
             f"num_samples={self.num_samples}, num_features={self.num_features}, beta={self.beta}, "
             f"knn={self.knn}, alpha={self.alpha}, knn_epoch={self.knn_epoch}"
+            + (", random_neighbours=True" if self.random_neighbours else "")
         )
+
+    @torch.no_grad()
+    def shuffle_slots(self, generator: torch.Generator) -> None:
+        """Map images to slots by a new random permutation (notebook 10's control for E; see Notes)."""
+        perm = torch.randperm(self.num_samples, generator=generator)
+        self.slot_map.copy_(perm.to(self.slot_map.device))
 
     def uses_knn(self, epoch: int) -> bool:
         """Whether ``epoch`` uses the neighbourhood (soft) target."""
@@ -280,12 +306,13 @@ class InvarianceLoss(nn.Module):
         if rate > 1.0:
             raise ValueError(f"alpha*epoch = {rate:g} > 1: the memory update would not be a moving average")
         self._check_no_pending_update()
+        indices = self.slot_map[indices]  # the identity unless shuffle_slots was called
         with torch.autocast(features.device.type, enabled=False):
             raw = _ExemplarMemory.apply(features, indices, self.memory, rate, self.gather)
             self._pending = weakref.ref(raw.grad_fn) if raw.grad_fn is not None else None
             logits = raw / self.beta
             if self.uses_knn(epoch):
-                target = smooth_targets(logits, indices, self.knn)
+                target = smooth_targets(logits, indices, self.knn, random=self.random_neighbours)
                 return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
             return F.cross_entropy(logits, indices)
 

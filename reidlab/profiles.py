@@ -3,7 +3,9 @@
 The notebooks never hard-code how big a run is. They ask the active profile:
 
 * ``ci``     -- CPU, every notebook in well under two minutes (what nbval runs);
-* ``laptop`` -- CPU, a few minutes per notebook, numbers worth looking at;
+* ``laptop`` -- CPU, at most ten minutes per notebook, numbers worth looking at;
+* ``long``   -- CPU, the sizes of ``laptop`` with the seeds a power analysis asks for
+  (docs/EVIDENCE.md): the profile notebook 10's committed outputs come from, an hour or more;
 * ``gpu``    -- paper scale (ResNet-50, 256x128 inputs, batch 128, 60 epochs,
   AMP bf16, channels_last).
 
@@ -48,13 +50,34 @@ class Profile:
     amp: bool  # bf16 autocast (CUDA only)
     channels_last: bool
     pretrained: str | None  # initial weights of re-ID backbones: 'synthetic' = reidlab.ecn.pretrain's
+    ecn_exact: bool  # ECN's published lr, k and alpha (True) or scaled to the run (reidlab.ecn.config.scaled_recipe)
     device: str = "cpu"  # filled in by reidlab.lessons.setup()
     seed: int = 0  # filled in by reidlab.lessons.setup()
 
-    def pick(self, *, ci: T, laptop: T, gpu: T) -> T:
-        """Return the value for this profile, e.g. ``steps = cfg.pick(ci=50, laptop=500, gpu=2000)``."""
-        return {"ci": ci, "laptop": laptop, "gpu": gpu}[self.name]
+    def pick(self, *, ci: T, laptop: T, gpu: T, long: T | None = None) -> T:
+        """Return the value for this profile, e.g. ``steps = cfg.pick(ci=50, laptop=500, gpu=2000)``.
 
+        ``long`` takes ``laptop``'s value unless given: it only differs where a notebook needs
+        more seeds than ten minutes allow.
+        """
+        return {"ci": ci, "laptop": laptop, "long": laptop if long is None else long, "gpu": gpu}[self.name]
+
+
+_LAPTOP = Profile(
+    name="laptop",
+    description="CPU teaching size: at most 10 minutes per notebook",
+    synth_scale="lab",
+    height=64,
+    width=32,
+    arch="resnet18",
+    batch_size=32,
+    epochs=12,
+    num_workers=2,
+    amp=False,
+    channels_last=False,
+    pretrained="synthetic",
+    ecn_exact=False,
+)
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -70,20 +93,14 @@ PROFILES: dict[str, Profile] = {
         amp=False,
         channels_last=False,
         pretrained="synthetic",
+        ecn_exact=False,
     ),
-    "laptop": Profile(
-        name="laptop",
-        description="CPU teaching size: a few minutes per notebook",
-        synth_scale="small",
-        height=128,
-        width=64,
-        arch="resnet18",
-        batch_size=64,
-        epochs=12,
-        num_workers=2,
-        amp=False,
-        channels_last=False,
-        pretrained="synthetic",
+    "laptop": _LAPTOP,
+    # laptop's sizes, run with the seeds the power analysis asks for (docs/EVIDENCE.md): the same
+    # settings, so its runs and laptop's share their cache entries
+    "long": dataclasses.replace(
+        _LAPTOP, name="long",
+        description="CPU evidence size: laptop's sizes, the seeds the power analysis asks for (an hour or more)",
     ),
     "gpu": Profile(
         name="gpu",
@@ -98,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         amp=True,
         channels_last=True,
         pretrained="synthetic",
+        ecn_exact=True,
     ),
 }
 

@@ -5,20 +5,24 @@ One definition each, used by the trainer, the BN utilities, the evaluation and t
 * :func:`seed_everything` -- seed Python's, NumPy's and PyTorch's global generators;
 * :func:`resolve_device` -- ``'auto'`` / ``'cpu'`` / ``'cuda:1'`` to a ``torch.device``, with a
   clear error when CUDA is asked for but absent;
-* :func:`module_device` -- where a model lives (its first parameter or buffer).
+* :func:`module_device` -- where a model lives (its first parameter or buffer);
+* :func:`torch_threads` -- a block run with a fixed number of torch threads (on the CPU the
+  count decides how sums are split, so it is part of a result's bits).
 
 Nothing here changes global state on import; :func:`seed_everything` changes the
 generators because that is what it is called for.
 """
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["seed_everything", "resolve_device", "module_device"]
+__all__ = ["seed_everything", "resolve_device", "module_device", "torch_threads"]
 
 
 def seed_everything(seed: int) -> None:
@@ -56,3 +60,21 @@ def module_device(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads, then restore the count it had.
+
+    On the CPU the thread count decides how a convolution splits its sums, so a training run
+    rounds differently with another count and, over many steps, ends elsewhere: a result that
+    must repeat to the bit (the pretrained backbone, a cached run re-evaluated) fixes it.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -16,13 +16,63 @@ from ecn_micro import CLI_SMALL, make_worlds, run_cli
 TINY = PretrainSize(classes=8, images=48, held_out=4, epochs=1, batch_size=8)
 
 
-def test_the_corpus_spans_both_looks_and_is_neither_domain():
-    brightness = {name: np.array([c.brightness for c in camera_styles(DOMAINS[name])]) for name in DOMAINS}
-    corpus = brightness["synth_pretrain"]
-    assert len(corpus) == 16
-    # cameras on both sides of the gap: some as bright as the source's darkest, some as dark as the target's brightest
-    assert corpus.max() >= brightness["synth_market"].min() and corpus.min() <= brightness["synth_duke"].max()
-    assert not set(corpus) & set(brightness["synth_market"]) and not set(corpus) & set(brightness["synth_duke"])
+def _white_balance_axes(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera: the warm-cold axis (log red/blue gain) and the green-magenta axis (log green over red-blue)."""
+    wb = np.array([c.wb for c in camera_styles(DOMAINS[name])])
+    return np.log(wb[:, 0] / wb[:, 2]), np.log(wb[:, 1] / np.sqrt(wb[:, 0] * wb[:, 2]))
+
+
+def test_the_corpus_lies_off_the_source_target_looks_and_has_its_own_people():
+    """The stand-in for ImageNet must not already be a target re-ID corpus: its cameras lie off the
+    warm-cold axis that joins the source and target looks, and its people come from palettes of their own."""
+    from reidlab.data.synth import world
+
+    assert len(camera_styles(DOMAINS["synth_pretrain"])) == 16
+    warm_cold, green = {}, {}
+    for name in DOMAINS:
+        warm_cold[name], green[name] = _white_balance_axes(name)
+    # the source is warm and the target cold ...
+    assert warm_cold["synth_market"].min() > 0 > warm_cold["synth_duke"].max()
+    # ... every pretraining camera has a green or magenta cast beyond any target camera's; the
+    # source's cameras vary more (world v5's photometric cameras), and its greenest one reaches
+    # into the weakest pretraining casts, so most (not all) lie beyond every source camera too
+    cast = np.abs(green["synth_pretrain"])
+    assert cast.min() > np.abs(green["synth_duke"]).max()
+    assert np.mean(cast > np.abs(green["synth_market"]).max()) >= 0.8
+    assert np.median(cast) > 1.2 * max(np.abs(green["synth_market"]).max(), np.abs(green["synth_duke"]).max())
+    # and washed-out or harsh colour, outside both domains' saturation ranges
+    sat = {n: np.array([c.saturation for c in camera_styles(DOMAINS[n])]) for n in DOMAINS}
+    both = np.concatenate([sat["synth_market"], sat["synth_duke"]])
+    assert all(s < both.min() or s > both.max() for s in sat["synth_pretrain"])
+    # its own clothing palettes: no colour of the target's (or the source's) upper or lower palette
+    theirs = {tuple(c) for pal in (world._UPPER, world._LOWER) for b in (True, False) for c, _ in pal[b]}
+    ours = {tuple(c) for pal in (world._OTHER_UPPER, world._OTHER_LOWER) for c, _ in pal}
+    assert not ours & theirs
+    rng = np.random.default_rng(0)
+    upper = world.sample_identities(DOMAINS["synth_pretrain"], 500, rng)["upper"]
+    target_upper = np.array([c for c, _ in world._UPPER[False]])
+    nearest = np.sqrt(((upper[:, None] - target_upper[None]) ** 2).sum(-1)).min(1)
+    assert np.median(nearest) > 0.15  # most pretraining shirts are far from every winter palette colour
+
+
+def test_pretraining_fixes_its_thread_count_and_records_a_digest(tmp_path):
+    """The backbone's bits must not depend on the caller's thread count: one count for every CPU pretraining."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = pretrain.pretrain_backbone("resnet18", height=32, width=16, size=TINY, root=tmp_path, progress=False)
+        assert torch.get_num_threads() == 1  # restored
+        torch.set_num_threads(3)
+        b = pretrain.pretrain_backbone("resnet18", height=32, width=16, size=TINY, root=tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert a["settings"]["threads"] == pretrain.PRETRAIN_THREADS == 2
+    assert a["digest"] == b["digest"] == pretrain.state_digest(a["state_dict"])
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    changed = {k: v.clone() for k, v in a["state_dict"].items()}
+    changed["conv1.weight"].view(-1)[0] += 1e-6
+    assert pretrain.state_digest(changed) != a["digest"]
 
 
 def test_pretrain_backbone_returns_a_torchvision_state_dict_that_reidnet_loads(tmp_path):
@@ -62,9 +112,10 @@ def test_synthetic_weights_are_cached_and_keyed_by_what_they_depend_on(tmp_path,
 
 
 def test_cpu_profiles_default_to_the_synthetic_backbone():
-    assert {p: ECNConfig.from_profile(p).pretrained for p in ("ci", "laptop")} == {"ci": "synthetic",
-                                                                                  "laptop": "synthetic"}
-    assert set(PRETRAIN_SIZES) == {"ci", "laptop", "gpu"}
+    assert {p: ECNConfig.from_profile(p).pretrained for p in ("ci", "laptop", "long")} == {
+        "ci": "synthetic", "laptop": "synthetic", "long": "synthetic"}
+    assert set(PRETRAIN_SIZES) == {"ci", "laptop", "long", "gpu"}
+    assert PRETRAIN_SIZES["long"] == PRETRAIN_SIZES["laptop"]  # one backbone for both
 
 
 def test_cli_pretrains_then_starts_ecn_from_those_weights(tmp_path):

@@ -24,18 +24,29 @@ def test_env_variable_and_argument(monkeypatch):
 
 def test_unknown_profile_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("REIDLAB_PROFILE", "cpu")
-    with pytest.raises(ValueError, match=r"unknown profile 'cpu' \(from REIDLAB_PROFILE\).*ci, laptop, gpu"):
+    with pytest.raises(ValueError, match=r"unknown profile 'cpu' \(from REIDLAB_PROFILE\).*ci, laptop, long, gpu"):
         resolve_profile()
 
 
 def test_pick_returns_the_profiles_value():
-    assert [PROFILES[n].pick(ci=1, laptop=2, gpu=3) for n in ("ci", "laptop", "gpu")] == [1, 2, 3]
+    assert [PROFILES[n].pick(ci=1, laptop=2, gpu=3) for n in ("ci", "laptop", "long", "gpu")] == [1, 2, 2, 3]
+    assert PROFILES["long"].pick(ci=1, laptop=2, gpu=3, long=4) == 4  # long only where it is given
+    assert PROFILES["laptop"].pick(ci=1, laptop=2, gpu=3, long=4) == 2
 
 
 def test_profiles_grow_with_scale():
-    ci, laptop, gpu = PROFILES["ci"], PROFILES["laptop"], PROFILES["gpu"]
-    assert ci.height * ci.width < laptop.height * laptop.width < gpu.height * gpu.width
+    from reidlab.data.synth import SCALES
+
+    ci, laptop, long, gpu = (PROFILES[n] for n in ("ci", "laptop", "long", "gpu"))
+    assert ci.height * ci.width <= laptop.height * laptop.width < gpu.height * gpu.width
+    assert ci.epochs < laptop.epochs < gpu.epochs
+    assert SCALES[ci.synth_scale].query is None and SCALES[laptop.synth_scale].test_ids > SCALES[ci.synth_scale].test_ids
     assert (gpu.height, gpu.width, gpu.batch_size, gpu.epochs) == (256, 128, 128, 60)  # the paper's settings
+    # long is laptop with more seeds (picked by the notebooks), never other sizes
+    assert {k: v for k, v in vars(long).items() if k not in ("name", "description")} == \
+        {k: v for k, v in vars(laptop).items() if k not in ("name", "description")}
+    # the paper's recipe on the GPU, the scaled one on the CPU profiles (reidlab.ecn.config.scaled_recipe)
+    assert gpu.ecn_exact and not any(PROFILES[n].ecn_exact for n in ("ci", "laptop", "long"))
 
 
 def test_setup_seeds_everything_and_reports(capsys, monkeypatch, restore_torch_flags):

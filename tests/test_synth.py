@@ -185,8 +185,21 @@ def test_domains_have_disjoint_and_differently_distributed_identities(tiny):
     m, k = app["synth_market"], app["synth_duke"]
     closest = np.sqrt(((m[:, None] - k[None]) ** 2).sum(-1)).min()
     assert closest > 0.01  # no person appears in both domains
-    # summer vs winter clothing: the upper garments' mean brightness differs clearly
-    assert m[:, :3].mean() - k[:, :3].mean() > 0.15
+
+
+
+def test_the_seasons_differ_in_what_people_wear():
+    """Summer and winter share clothing colours (OWN_SEASON = 0.5) but not garments: winter has the
+    scarves and hats (its own identity cues) and long sleeves, summer short sleeves."""
+    from reidlab.data.synth.world import OWN_SEASON
+
+    draw = {d: sample_identities(DOMAINS[d], 4000, np.random.default_rng(0)) for d in ("synth_market", "synth_duke")}
+    summer, winter = draw["synth_market"], draw["synth_duke"]
+    assert winter["scarf"].mean() > 0.8 > 0.05 > summer["scarf"].mean()
+    assert winter["hat"].mean() > 0.6 > 0.1 > summer["hat"].mean()
+    assert summer["sleeves"].mean() > 0.6 > 0.1 > winter["sleeves"].mean()
+    if OWN_SEASON == 0.5:  # one colour mixture for both seasons
+        assert abs(summer["upper"].mean() - winter["upper"].mean()) < 0.02
 
 
 def _hist_feature(path: str) -> np.ndarray:
@@ -208,7 +221,10 @@ def test_same_identity_is_closer_across_cameras(tiny, domain):
     dist = ((feats[:, None] - feats[None]) ** 2).sum(-1)
     same = (pid[:, None] == pid[None]) & (cam[:, None] != cam[None])
     diff = pid[:, None] != pid[None]
-    assert dist[same].mean() < 0.8 * dist[diff].mean()
+    # the pretraining corpus's cameras cast strong green or magenta tints (its looks lie off the
+    # source-target range), which a raw colour histogram cannot see through; its people are
+    # still found again across cameras (rank-1 below)
+    assert dist[same].mean() < (0.8 if domain != "synth_pretrain" else 1.0) * dist[diff].mean()
     dist[cam[:, None] == cam[None]] = np.inf  # retrieve from the other cameras only
     rank1 = (pid[dist.argmin(1)] == pid).mean()
     assert rank1 > 4.0 / ds.num_train_pids  # far above chance even for a colour histogram
@@ -270,7 +286,7 @@ def test_load_by_name_generates_under_root(tmp_path):
 
 def test_without_camstyle_and_other_sizes(tmp_path):
     """write_camstyle=False and a non-default size: own folder names, no CamStyle folder, the size asked for."""
-    assert DEFAULT_IMAGE_SIZE == (128, 64) and GENERATOR_VERSION == 4
+    assert DEFAULT_IMAGE_SIZE == (128, 64) and GENERATOR_VERSION == 5
     out = make_synthetic_reid(tmp_path, "synth_market", MICRO, seed=2, image_size=(64, 32), write_camstyle=False)
     assert out.name.endswith("-seed2-64x32-nocamstyle")
     assert not (out / "bounding_box_train_camstyle").exists()
@@ -356,3 +372,46 @@ def test_image_grid():
         image_grid(x, row_titles=["only one"])
     with pytest.raises(ValueError, match="empty"):
         image_grid([])
+
+
+#: The code of each world version (docstrings and comments left out). Caches of runs and of rendered
+#: worlds are keyed on GENERATOR_VERSION, not on this code: a change to the world that keeps the
+#: version would let them serve the previous world's pixels and results (it happened while world
+#: versions were being tried; docs/EVIDENCE.md, section 7). Change the world, bump the version, and
+#: record the new digest here.
+WORLD_CODE = {5: "14709b5d4c04"}
+
+
+def world_code_digest() -> str:
+    import hashlib
+
+    from reidlab.lessons.evidence import _code_only
+
+    h = hashlib.sha1()
+    for path in sorted(Path(reidlab.data.__file__).resolve().parent.joinpath("synth").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(_code_only(path))
+    return h.hexdigest()[:12]
+
+
+def test_a_changed_world_gets_a_new_version():
+    assert WORLD_CODE.get(GENERATOR_VERSION) == world_code_digest(), (
+        "the world's code changed but GENERATOR_VERSION did not: bump it (reidlab.data.synth.write) "
+        "and record the new digest in WORLD_CODE"
+    )
+
+
+def test_world_code_digest_ignores_prose_and_sees_code(tmp_path, monkeypatch):
+    """The guard must fire on a changed constant, and stay quiet on a reworded docstring."""
+    import shutil
+
+    pkg = tmp_path / "reidlab" / "data"
+    shutil.copytree(Path(reidlab.data.__file__).resolve().parent / "synth", pkg / "synth")
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.setattr(reidlab.data, "__file__", str(pkg / "__init__.py"))
+    world = pkg / "synth" / "world.py"
+    before = world_code_digest()
+    world.write_text(world.read_text().replace('"""What the synthetic re-ID world is', '"""What the world is', 1))
+    assert world_code_digest() == before
+    world.write_text(world.read_text().replace("OWN_SEASON = 0.5", "OWN_SEASON = 0.6"))
+    assert world_code_digest() != before

@@ -174,6 +174,11 @@ class CamStyleTargetDataset(_Base):
         ``'error'`` (default): every image must have a CamStyle image for every other
         camera, checked here so that a gap fails at once, not mid-epoch; ``'original'``:
         fall back to the original image when one is missing.
+    donors:
+        Notebook 10's negative control for C (``None`` for ECN): one item index per item, and
+        sample ``i``'s views in another camera ``c`` are then item ``donors[i]``'s CamStyle
+        image in camera ``c`` (its original if ``c`` is its own camera): another person's
+        images in ``i``'s memory slot. Draws of ``i``'s own camera still give ``i``'s original.
     """
 
     def __init__(
@@ -185,10 +190,16 @@ class CamStyleTargetDataset(_Base):
         *,
         missing: str = "error",
         cache: bool = False,
+        donors: Sequence[int] | None = None,
     ) -> None:
         super().__init__(items, transform, cache=cache)
         if num_cams < 1:
             raise ValueError(f"num_cams must be >= 1, got {num_cams}")
+        if donors is not None:
+            donors = [int(d) for d in donors]
+            if len(donors) != len(self.items) or not all(0 <= d < len(self.items) for d in donors):
+                raise ValueError(f"donors must hold one item index in [0, {len(self.items)}) per item")
+        self.donors = donors
         if missing not in ("error", "original"):
             raise ValueError(f"missing must be 'error' or 'original', got {missing!r}")
         self.camstyle_paths, self.num_cams, self.missing = camstyle_paths, int(num_cams), missing
@@ -222,6 +233,10 @@ class CamStyleTargetDataset(_Base):
         chosen = int(torch.randint(self.num_cams, (), generator=generator).item())
         if chosen == cam:
             return path, chosen
+        if self.donors is not None:  # the control: the donor's view in the chosen camera
+            path, _, cam = self.items[self.donors[index]]
+            if chosen == cam:
+                return path, chosen
         fake = self.camstyle_paths.get(path, {}).get(chosen)
         if fake is None:  # only reachable with missing='original'
             return path, cam
@@ -314,6 +329,7 @@ def target_train_dataset(
     cache: bool = False,
     color_space: str = "lab",
     seed: int = 0,
+    donors: Sequence[int] | None = None,
 ) -> Dataset:
     """The target-domain training set for ECN: plain, CamStyle folder, oracle re-renders, or colour stand-in.
 
@@ -333,11 +349,15 @@ def target_train_dataset(
       must be what a real dataset could give.
 
     ``color_space`` and ``seed`` only matter for the colour stand-in: the space of the
-    transfer and the draw of the images its camera statistics are computed from.
+    transfer and the draw of the images its camera statistics are computed from. ``donors``
+    (``'folder'`` and ``'oracle'`` only) is notebook 10's negative control for C, see
+    :class:`CamStyleTargetDataset`.
     """
     mode = _check_camstyle_mode(camstyle)
     if mode == "auto":
         mode = "folder" if target.has_camstyle else "color"
+    if donors is not None and mode not in ("folder", "oracle"):
+        raise ValueError(f"donors (the other-person control) need CamStyle images: camstyle {mode!r}")
     if mode == "none":
         return TargetDataset(target.train, transform, cache=cache)
     if mode == "folder":
@@ -346,7 +366,8 @@ def target_train_dataset(
                 f"camstyle='folder' but {target.root} has no bounding_box_train_camstyle/ images; "
                 "use camstyle='color' for the colour-statistics stand-in"
             )
-        return CamStyleTargetDataset(target.train, target.camstyle, target.num_cams, transform, cache=cache)
+        return CamStyleTargetDataset(target.train, target.camstyle, target.num_cams, transform, cache=cache,
+                                     donors=donors)
     if mode == "oracle":
         if not target.has_camstyle_oracle:
             raise ValueError(
@@ -354,7 +375,8 @@ def target_train_dataset(
                 "(only synthetic trees written with CamStyle images have them); "
                 "use camstyle='folder' for the CamStyle images or 'color' for the colour-statistics stand-in"
             )
-        return CamStyleTargetDataset(target.train, target.camstyle_oracle, target.num_cams, transform, cache=cache)
+        return CamStyleTargetDataset(target.train, target.camstyle_oracle, target.num_cams, transform, cache=cache,
+                                     donors=donors)
     stats = camera_color_stats(target.train, target.num_cams, space=color_space, seed=seed)
     return ColorStyleTargetDataset(target.train, stats, target.num_cams, transform, cache=cache)
 
@@ -480,6 +502,7 @@ def make_reid_loaders(
     persistent_workers: bool | None = None,
     test_batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
+    donors: Sequence[int] | None = None,
 ) -> ReIDLoaders:
     """Source train (labelled), target train (index, CamStyle per ``camstyle``), target query/gallery.
 
@@ -490,12 +513,13 @@ def make_reid_loaders(
     shuffled alike. ``cache=True`` caches decoded images in every dataset (each image decoded
     once per run, see the module docstring). ``shard=(rank, world_size)`` gives each of several
     processes its share of the two training sets (:class:`ShardSampler`); ``batch_size`` is then
-    the per-process batch.
+    the per-process batch. ``donors``: notebook 10's negative control for C
+    (:class:`CamStyleTargetDataset`).
     """
     train_tf = build_train_transform(height, width, random_erasing=random_erasing)
     test_tf = build_test_transform(height, width)
     src = ImageDataset(source.train, train_tf, cache=cache)
-    tgt = target_train_dataset(target, train_tf, camstyle=camstyle, cache=cache, seed=seed)
+    tgt = target_train_dataset(target, train_tf, camstyle=camstyle, cache=cache, seed=seed, donors=donors)
     kw = dict(num_workers=num_workers, device=device, persistent_workers=persistent_workers)
     test_bs = test_batch_size or batch_size
     return ReIDLoaders(

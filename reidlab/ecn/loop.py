@@ -20,6 +20,7 @@ loss: per-step losses stay on the device until the epoch ends.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 import warnings
@@ -178,7 +179,9 @@ def run_epoch(
     Each step: cross-entropy on the source batch; with a ``criterion``, also its loss on the
     target batch ``next_target()`` returns (``(images, indices)``) at ``epoch``, combined by
     :func:`ecn_loss`; then ``zero_grad``, ``backward`` (which also updates the memory of an
-    :class:`reidlab.memory.InvarianceLoss`) and ``step``.
+    :class:`reidlab.memory.InvarianceLoss`) and ``step``. With ``next_target`` but no
+    ``criterion`` the target batch only passes through the network (its BN layers see it; no
+    loss): notebook 10's ``'target-bn'`` control.
 
     The forward pass goes through ``forward`` (default: :class:`ECNForward` around ``model``),
     one call per step for both batches, which is what DistributedDataParallel needs: the
@@ -218,7 +221,8 @@ def run_epoch(
             continue
         img, pid = img.to(device, non_blocking=True), pid.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out, tgt_feat, t_idx = net(img, next_target if criterion is not None else None)
+            # without a criterion a target batch only passes through the network (the 'target-bn' control)
+            out, tgt_feat, t_idx = net(img, next_target)
         logits = _logits(out)
         loss_src = F.cross_entropy(logits.float(), pid, label_smoothing=label_smoothing)
         loss_tgt = None
@@ -333,6 +337,11 @@ def train_source(
     return history
 
 
+#: The :func:`epoch_seed` stream of the ``'shuffled-slots'`` control's permutation (0 seeds the
+#: global generators, 1 and 2 the two loaders).
+_SLOT_STREAM = 99
+
+
 def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
     """A 32-bit seed for (run seed, epoch, stream[, process rank]), well mixed (NumPy's ``SeedSequence``).
 
@@ -396,23 +405,35 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
     hidden true identities (never used for training).
     """
     seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train], rank=parts.rank)
+    crit = parts.criterion
+    if crit is not None and config.control == "shuffled-slots":  # the control for E: a new image -> slot map
+        crit.shuffle_slots(torch.Generator().manual_seed(epoch_seed(config.seed, epoch, _SLOT_STREAM)))
     steps = len(parts.source_train) if config.max_steps is None else min(len(parts.source_train), config.max_steps)
     if steps == 0:
         raise ValueError(
             f"the source loader yields no batch: fewer source training images than batch_size={config.batch_size}"
         )
     lr = parts.optimizer.param_groups[-1]["lr"]
-    crit = parts.criterion
     desc = f"ECN {config.invariance} epoch {epoch + 1}/{config.epochs}"
     with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
         row = run_epoch(
             parts.model, parts.optimizer, itertools.islice(parts.source_train, steps), device=parts.device,
-            criterion=crit, next_target=_cycle(parts.target_train) if crit is not None else None, epoch=epoch,
-            lam=config.lam, amp=parts.amp, bar=bar, desc="ECN", forward=parts.forward,
+            criterion=crit, next_target=_cycle(parts.target_train) if parts.target_train is not None else None,
+            epoch=epoch, lam=config.lam, amp=parts.amp, bar=bar, desc="ECN", forward=parts.forward,
+        )
+    chance = math.log(getattr(parts.model, "num_classes", 0) or 1)
+    if epoch >= 1 and chance > 0 and row["loss_src"] >= chance:
+        warnings.warn(
+            f"ECN epoch {epoch}: the source loss {row['loss_src']:.3f} is at or above chance, ln(#source ids) = "
+            f"{chance:.3f}, after the first epoch: a broken run, not a baseline (lower the learning rates; with "
+            "ecn_exact=False they scale with the batch)", UserWarning, stacklevel=2,
         )
     knn = None
     if crit is not None and 1 <= config.knn < len(parts.true_ids):
-        knn = float(knn_precision(crit.memory, parts.true_ids.to(crit.memory.device), config.knn))
+        ids = parts.true_ids.to(crit.memory.device)
+        by_slot = torch.empty_like(ids)
+        by_slot[crit.slot_map] = ids  # the slot each image wrote to holds that image's id
+        knn = float(knn_precision(crit.memory, by_slot, config.knn))
     return {
         "epoch": epoch, "steps": row["steps"], "loss_src": row["loss_src"], "loss_tgt": row["loss_tgt"], "acc_src": row["acc_src"],
         "lr": lr, "knn_precision": knn, "seconds": row["seconds"], "rank1": None, "mAP": None,

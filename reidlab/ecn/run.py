@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -54,6 +55,7 @@ __all__ = [
     "load_domains",
     "build_ecn",
     "pretrained_weights",
+    "other_person_donors",
     "evaluate_model",
     "train_ecn",
 ]
@@ -155,7 +157,7 @@ def _build_model(config: ECNConfig, num_classes: int, num_samples: int, device: 
     if config.uses_target:
         criterion = InvarianceLoss(
             num_samples, model.num_features, beta=config.beta, knn=config.knn if config.uses_knn else 0,
-            alpha=config.alpha, knn_epoch=config.knn_epoch,
+            alpha=config.alpha, knn_epoch=config.knn_epoch, random_neighbours=config.control == "random-neighbours",
         ).to(device)
     return model, criterion
 
@@ -206,6 +208,7 @@ def build_ecn(
         num_workers=config.num_workers, seed=config.seed, device=dev, camstyle=config.target_camstyle,
         random_erasing=config.random_erasing, cache=config.cache_images, persistent_workers=False,
         test_batch_size=2 * config.batch_size, shard=(rank, config.world_size) if config.world_size > 1 else None,
+        donors=other_person_donors(target, config.seed) if config.control == "camstyle-other-person" else None,
     )
     src_q = src_g = None
     if config.eval_source:
@@ -215,11 +218,29 @@ def build_ecn(
         src_g = make_loader(ImageDataset(source.gallery, tf, cache=config.cache_images), 2 * config.batch_size, **kw)
     return ECNParts(
         model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-        source_train=loaders.source_train, target_train=loaders.target_train if config.uses_target else None,
+        source_train=loaders.source_train, target_train=loaders.target_train if config.uses_target_batch else None,
         query=loaders.query, gallery=loaders.gallery, source_query=src_q, source_gallery=src_g,
         device=dev, amp=bool(config.amp and dev.type == "cuda"),
         true_ids=torch.as_tensor(list(target.train_original_pids), dtype=torch.long), forward=forward, rank=rank,
     )
+
+
+def other_person_donors(target: ReIDDataset, seed: int) -> list[int]:
+    """For each target training image, another person's image (notebook 10's negative control for C).
+
+    Drawn once per run from ``seed``, using the hidden true identities, which the control may use
+    and ECN never does: each image's CamStyle views are replaced by the views of a fixed image of
+    someone else (:class:`reidlab.data.loaders.CamStyleTargetDataset`'s ``donors``).
+    """
+    ids = np.asarray(list(target.train_original_pids))
+    rng = np.random.default_rng([int(seed), 7])
+    donors = []
+    for i, pid in enumerate(ids):
+        others = np.flatnonzero(ids != pid)
+        if len(others) == 0:
+            raise ValueError("the other-person control needs a target training set with at least two people")
+        donors.append(int(rng.choice(others)))
+    return donors
 
 
 def _distribute(model: nn.Module, criterion: InvarianceLoss | None, config: ECNConfig, dev: torch.device) -> nn.Module:
@@ -252,26 +273,55 @@ def evaluate_model(
     ``model`` returns its test feature in eval mode (ReIDNet: L2-normalised pool5, as ECN
     tests); distances are euclidean (:mod:`reidlab.evaluation`, notebook 08). ``mAP`` is
     non-interpolated (torchreid's rule); ``mAP_trapezoid`` is Market-1501's official rule,
-    which ECN's evaluator computes too: the paper's numbers compare with that one.
+    which ECN's evaluator computes too: the paper's numbers compare with that one. For a
+    :class:`~reidlab.models.ReIDNet` with an embedding (``num_features > 0``) the same pass also
+    scores the L2-normalised embedding (after its BN), under ``embed_rank1``, ``embed_mAP`` and
+    ``embed_mAP_trapezoid``: ECN's target losses act on the embedding first, pool5 moves only
+    through layer3-4 (notebook 10).
     """
     return _evaluate(model, query_loader, gallery_loader, device, amp)[0]
 
 
-def _evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
-              device: str | torch.device | None, amp: bool) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate_model`'s metrics and the distance matrix they come from."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-        q = extract_features(model, query_loader, dev, labels=True)
-        g = extract_features(model, gallery_loader, dev, labels=True)
-    dist = pairwise_distance(q.features, g.features)
+class _TestFeatures(nn.Module):
+    """A ReIDNet's L2-normalised pool5 and embedding side by side, from one forward pass."""
+
+    def __init__(self, model: ReIDNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        pool5 = m.base(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x)
+        embed = m.feat_bn(m.feat(pool5))
+        return torch.cat([F.normalize(pool5, dim=1), F.normalize(embed, dim=1)], dim=1)
+
+
+def _ranks(dist: np.ndarray, q: Any, g: Any, prefix: str = "") -> dict[str, float]:
     res = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10)
     trapezoid = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10, ap="trapezoid")
-    metrics = {
-        "rank1": float(res.cmc[0]), "rank5": float(res.cmc[4]), "rank10": float(res.cmc[9]),
-        "mAP": float(res.mAP), "mAP_trapezoid": float(trapezoid.mAP), "mINP": float(res.mINP),
-    }
-    return metrics, dist
+    if prefix:
+        return {f"{prefix}rank1": float(res.cmc[0]), f"{prefix}mAP": float(res.mAP),
+                f"{prefix}mAP_trapezoid": float(trapezoid.mAP)}
+    return {"rank1": float(res.cmc[0]), "rank5": float(res.cmc[4]), "rank10": float(res.cmc[9]),
+            "mAP": float(res.mAP), "mAP_trapezoid": float(trapezoid.mAP), "mINP": float(res.mINP)}
+
+
+def _evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
+              device: str | torch.device | None, amp: bool) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_model`'s metrics and the distance matrix they come from (the test feature's)."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    both = isinstance(model, ReIDNet) and model.feat is not None and model.test_feature == "pool5"
+    net = _TestFeatures(model) if both else model
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+        q = extract_features(net, query_loader, dev, labels=True)
+        g = extract_features(net, gallery_loader, dev, labels=True)
+    if not both:
+        dist = pairwise_distance(q.features, g.features)
+        return _ranks(dist, q, g), dist
+    d = q.features.shape[1] - model.num_features  # pool5's width
+    dist = pairwise_distance(q.features[:, :d], g.features[:, :d])
+    embed = pairwise_distance(q.features[:, d:], g.features[:, d:])
+    return {**_ranks(dist, q, g), **_ranks(embed, q, g, prefix="embed_")}, dist
 
 
 @contextlib.contextmanager

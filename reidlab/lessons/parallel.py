@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..runtime import torch_threads
+
 __all__ = ["map_in_processes", "can_fork", "torch_threads"]
 
 
@@ -56,23 +58,6 @@ def _child(conn, fn: Callable[[Any], Any], item: Any, threads: int) -> None:
         payload = pickle.dumps((False, traceback.format_exc(), out.getvalue()), protocol=pickle.HIGHEST_PROTOCOL)
     conn.send_bytes(payload)
     conn.close()
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch threads, then restore the count it had.
-
-    For computing in this process what a child of :func:`map_in_processes` computed, to the bit
-    (e.g. evaluating its trained weights again).
-    """
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _serial(fn: Callable[[Any], Any], items: Sequence[Any], threads: int, bar) -> list[Any]:

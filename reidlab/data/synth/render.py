@@ -158,25 +158,35 @@ def background_template(style: CameraStyle, H: int, W: int) -> torch.Tensor:
     return bg
 
 
-def _render_background(cv: Canvas, style: CameraStyle, pose: dict[str, np.ndarray]) -> None:
-    """Fill ``cv`` with the camera's background, panned and lit per image, plus a clutter blob.
+def _render_background(
+    cv: Canvas, style: CameraStyle, pose: dict[str, np.ndarray], scenes: list[CameraStyle] | None = None
+) -> None:
+    """Fill ``cv`` with each image's scene, panned and lit per image, plus a clutter blob.
 
-    The pan and gain vary per image so that a model cannot recognise a camera (or worse, an
-    identity) by a fixed background patch.
+    The scene is the viewing camera's own (``style``) for an image with ``pose['bg_own']``, and
+    ``scenes[pose['bg_cam']]`` (a scene from the domain's pool) otherwise; without ``scenes``
+    every image shows ``style``'s scene. The pan and gain vary per image so that a model
+    cannot recognise a camera (or worse, an identity) by a fixed background patch.
     """
     B, H, W = cv.B, cv.H, cv.W
-    template = background_template(style, H, W)
+    candidates = [style] + (list(scenes) if scenes is not None else [])
+    if scenes is not None and "bg_own" in pose:
+        which = np.where(pose["bg_own"] > 0, 0, 1 + np.asarray(pose["bg_cam"], dtype=np.int64))
+    else:
+        which = np.zeros(B, dtype=np.int64)
+    used = sorted(set(which.tolist()))
+    templates = torch.stack([background_template(candidates[i], H, W) for i in used])  # (S, 3, H, 2W)
+    sel = torch.as_tensor(np.searchsorted(used, which))
     shift = torch.as_tensor((pose["bg_shift"] * W).astype(np.int64))  # per-image pan of the camera
-    idx = shift.view(B, 1) + torch.arange(W).view(1, W)
-    bg = template[:, :, idx]  # (3, H, B, W)
-    cv.img = bg.permute(2, 0, 1, 3).contiguous().mul_(_t(pose["bg_gain"]).unsqueeze(1))
+    idx = (shift.view(B, 1) + torch.arange(W).view(1, W)).view(B, 1, 1, W).expand(B, 3, H, W)
+    cv.img = torch.gather(templates[sel], 3, idx).mul_(_t(pose["bg_gain"]).unsqueeze(1))
     # clutter: a poster / parked thing / passer-by blob on the wall
     cx0 = _t(pose["clutter_x"]) * W
     cw = _t(pose["clutter_w"]) * W
-    d = _box(cv.X, cv.Y, cx0 - cw / 2, cx0 + cw / 2, _t(np.full(B, 0.2)) * H, _t(np.full(B, style.horizon)) * H)
+    horizon = np.array([candidates[i].horizon for i in which])
+    d = _box(cv.X, cv.Y, cx0 - cw / 2, cx0 + cw / 2, _t(np.full(B, 0.2)) * H, _t(horizon) * H)
     col = _col(np.stack([pose["clutter_r"], pose["clutter_g"], pose["clutter_b"]], 1) * 0.8 + 0.1)
     cv.paint(_cover(d).mul_(_t(pose["clutter"]) * 0.9), col)
-
 
 
 @dataclass
@@ -327,6 +337,14 @@ def _paint_bags(b: _Body) -> None:
     paint(_box(u, v, bag_u - 0.05, bag_u + 0.05, 0.42 + 0 * bw, 0.57 + 0 * bw), col["bag_color"], shoulder * on_near_side)
 
 
+def _paint_scarf(b: _Body) -> None:
+    """A scarf round the neck, hanging down the chest from the front (winter's own identity cue)."""
+    u, v, bw, paint = b.u, b.v, b.bw, b.paint
+    scarf = _t(b.ids["scarf"])
+    paint(_box(u, v, -0.075 * bw, 0.075 * bw, 0.125 + 0 * bw, 0.2 + 0 * bw), b.col["scarf_color"], scarf)
+    paint(_box(u, v, -0.01 * bw, 0.06 * bw, 0.18 + 0 * bw, 0.36 + 0 * bw), b.col["scarf_color"] * 0.9, scarf * b.front)
+
+
 def _paint_arms(b: _Body) -> None:
     """Arms: the upper arm in the sleeve colour, the forearm in skin for short sleeves (one arm from the side)."""
     u, v, bw, side, d, col, paint = b.u, b.v, b.bw, b.side, b.d, b.col, b.paint
@@ -362,7 +380,7 @@ def _paint_head(b: _Body) -> None:
 
 
 #: The part painters of a person, back to front (a later part covers an earlier one).
-_PARTS = (_paint_behind, _paint_legs, _paint_torso, _paint_bags, _paint_arms, _paint_head)
+_PARTS = (_paint_behind, _paint_legs, _paint_torso, _paint_bags, _paint_scarf, _paint_arms, _paint_head)
 
 
 def _render_person(cv: Canvas, ids: dict[str, np.ndarray], pose: dict[str, np.ndarray], scale: np.ndarray) -> None:
@@ -389,6 +407,19 @@ def _render_occluder(cv: Canvas, pose: dict[str, np.ndarray]) -> None:
     edge = torch.where(left, a * 0.8 * W - cv.X, cv.X - (1 - a * 0.8) * W)  # (B,1,W)
     side = torch.maximum(-edge, 0.1 * H - cv.Y)
     cv.paint(_cover(side).mul_(_t((occ == 2).astype(float))), col)
+
+
+def _light(cv: Canvas, pose: dict[str, np.ndarray]) -> None:
+    """The light of the moment on the whole scene: exposure, a colour cast and a left-right gradient.
+
+    Drawn per image (:func:`~reidlab.data.synth.world.sample_poses`), before the camera's own
+    style: it is what makes one person's colours differ from image to image within a camera.
+    """
+    if "exposure" not in pose:
+        return
+    x = (cv.X / cv.W - 0.5)  # (1, 1, W) in [-0.5, 0.5]
+    gain = (1.0 + _t(pose["gradient"]) * x) * _t(pose["exposure"])  # (B, 1, W)
+    cv.img.mul_(gain.unsqueeze(1)).mul_(_col(pose["cast"])).clamp_(0.0, 1.0)
 
 
 _VIGNETTE: dict[tuple[int, int], torch.Tensor] = {}
@@ -463,17 +494,26 @@ def render_person_layer(
     return layer
 
 
-def render_view(layer: Canvas, pose: dict[str, np.ndarray], style: CameraStyle, noise_seed: int) -> np.ndarray:
-    """Lay a person layer over a camera's background, add occluders, apply the camera's style.
+def render_view(
+    layer: Canvas,
+    pose: dict[str, np.ndarray],
+    style: CameraStyle,
+    noise_seed: int,
+    scenes: list[CameraStyle] | None = None,
+) -> np.ndarray:
+    """Lay a person layer over its scene, add occluders, apply the camera's style.
 
-    Returns uint8 images ``(B, H, W, 3)``. ``noise_seed`` seeds the sensor noise, the only
-    draw made here, so that the writer's images are the same run after run and whatever
+    Returns uint8 images ``(B, H, W, 3)``. ``scenes`` is the domain's pool of scenes (its
+    cameras): an image whose pose says it shows a pooled scene gets that scene, the others
+    ``style``'s own (see :func:`_render_background`). ``noise_seed`` seeds the sensor noise, the
+    only draw made here, so that the writer's images are the same run after run and whatever
     the number of threads.
     """
     cv = Canvas(layer.B, layer.H, layer.W)
-    _render_background(cv, style, pose)
+    _render_background(cv, style, pose, scenes)
     cv.img.mul_(layer.trans.unsqueeze(1)).add_(layer.img)
     _render_occluder(cv, pose)
+    _light(cv, pose)
     gen = torch.Generator().manual_seed(int(noise_seed))
     out = _apply_style(cv.img, style, gen)
     return out.mul_(255.0).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -486,15 +526,17 @@ def render_batch(
     *,
     size: tuple[int, int] = (128, 64),
     noise_seed: int = 0,
+    scenes: list[CameraStyle] | None = None,
 ) -> np.ndarray:
     """Render one batch seen by one camera; returns uint8 images ``(B, H, W, 3)``.
 
     ``ids`` and ``pose`` hold one row per image (an identity may repeat). The person is
     drawn at the camera's own scale; :func:`render_person_layer` plus :func:`render_view`
-    is the same in two steps, for showing one layer to several cameras.
+    is the same in two steps, for showing one layer to several cameras. ``scenes``: the
+    domain's pool of scenes (:func:`render_view`).
     """
     layer = render_person_layer(ids, pose, style.scale, size)
-    return render_view(layer, pose, style, noise_seed)
+    return render_view(layer, pose, style, noise_seed, scenes)
 
 
 @contextmanager
@@ -546,6 +588,6 @@ def render_identities(
     with one_torch_thread():
         for j, c in enumerate(cams):
             pose = sample_poses(np.full(num_ids, c), styles, rng, np.zeros(num_ids, int))
-            out[:, j] = render_batch(ids, pose, styles[c], size=size, noise_seed=seed * 1000 + c)
+            out[:, j] = render_batch(ids, pose, styles[c], size=size, noise_seed=seed * 1000 + c, scenes=styles)
     return out
 

@@ -12,9 +12,17 @@ writes it to disk. Notebook 00 shows the world.
   statistics. ``synth_market`` has 6 bright, warm, sharp cameras and summer clothing;
   ``synth_duke`` has 8 darker, colder, blurrier and noisier cameras and winter clothing;
   ``synth_pretrain`` (the pretraining corpus of :mod:`reidlab.ecn.pretrain`, the series'
-  stand-in for ImageNet) has 16 cameras anywhere between the two and people of both.
-* A **camera** (:class:`CameraStyle`, :func:`camera_styles`) is a background and a colour /
-  optics style; it is fixed per domain, not per seed, because a domain *is* its cameras.
+  stand-in for ImageNet) has 16 cameras whose looks lie *off* the source-target range
+  (green or magenta casts, washed-out or harsh colour) and a population of its own (its own
+  palettes and clothing odds), so that pretraining never sees the target's people or looks.
+* A **camera** (:class:`CameraStyle`, :func:`camera_styles`) is a scene (the background it
+  films) and a colour / optics style; it is fixed per domain, not per seed, because a domain
+  *is* its cameras. Within a domain the cameras differ **photometrically** (white balance,
+  brightness, contrast, gamma, saturation, tint, vignetting, resolution, blur, noise) and by
+  their scene; person scale, facing and occlusion odds belong to the domain, not to a camera.
+  How much the scene gives a camera away is a knob, :data:`DEFAULT_CAMERA_BACKGROUND`: the
+  share of images whose background is the camera's own scene, the rest showing a scene drawn
+  from the pool of all the domain's scenes (docs/EVIDENCE.md logs how it was chosen).
 * An **identity** (:func:`sample_identities`) is a persistent appearance: clothing colours
   and pattern, sleeves, trousers / shorts / skirt, shoes, skin, hair, hat, bag and build.
 * A **pose** (:func:`sample_poses`) is what changes from image to image of one person:
@@ -38,6 +46,8 @@ __all__ = [
     "Domain",
     "DOMAINS",
     "COLOR_FIELDS",
+    "DEFAULT_CAMERA_BACKGROUND",
+    "check_camera_background",
     "check_domain",
     "domain_rng",
     "camera_styles",
@@ -99,6 +109,11 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(train_ids=40, train_images=320, test_ids=40, query=None, gallery_real=240, distractors=30, junk=20),
+    # the CPU lab world (notebooks 06-10 under `laptop` and `long`): 150 training people, enough for a
+    # target-supervised network to learn what a source-trained one cannot (40 were not: docs/EVIDENCE.md),
+    # 8 images each, and a test split of 160 new people (about 480 queries), so that one run's mAP is
+    # not decided by a handful of queries
+    "lab": Scale(train_ids=150, train_images=1200, test_ids=160, query=None, gallery_real=960, distractors=60, junk=40),
     "small": Scale(train_ids=150, train_images=1800, test_ids=150, query=None, gallery_real=1500, distractors=150, junk=100),
     "market": Scale(
         train_ids=751, train_images=12936, test_ids=750, query=3368, gallery_real=13120, distractors=2793, junk=3819
@@ -135,9 +150,9 @@ class CameraStyle:
     resolution: float  # down-sampling factor before up-sampling back (1 = sharp)
     blur: float  # Gaussian sigma in pixels at 128x64
     noise: float  # sensor noise std (0..1 scale) before JPEG
-    scale: float  # mean person height, fraction of the image height
-    facing: tuple[float, float, float]  # probabilities of front, back, side
-    occlusion: float  # probability of a partial occluder
+    scale: float  # mean person height, fraction of the image height (the same for every camera of a domain)
+    facing: tuple[float, float, float]  # probabilities of front, back, side (per domain)
+    occlusion: float  # probability of a partial occluder (per domain)
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,8 @@ class Domain:
     bright:
         Summer campus (bright, warm, sharp; summer clothing) or winter dusk (dark, cold,
         blurry, noisy; winter clothing): the two ends of the domain gap notebook 08 measures.
-        ``None``: anything between, per camera and per person (the pretraining corpus).
+        ``None``: neither (the pretraining corpus): cameras off the warm-cold axis that joins
+        the two and a population with its own palettes and clothing odds.
     """
 
     name: str
@@ -168,8 +184,8 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "synth_market": Domain("synth_market", 6, style_seed=1501, bright=True),
     "synth_duke": Domain("synth_duke", 8, style_seed=1812, bright=False),
-    # The stand-in for ImageNet (reidlab.ecn.pretrain): other people, other places, 16 cameras
-    # anywhere between the two looks. Neither the source nor the target domain.
+    # The stand-in for ImageNet (reidlab.ecn.pretrain): other people (own palettes and clothing
+    # odds), other places, 16 cameras whose looks lie off the source-target range. Neither domain.
     "synth_pretrain": Domain("synth_pretrain", 16, style_seed=2009, bright=None),
 }
 
@@ -202,16 +218,44 @@ _LOWER = {
         ((0.35, 0.12, 0.14), 0.05), ((0.20, 0.30, 0.20), 0.05),
     ],
 }
+# The pretraining population's own palettes (domain ``bright=None``): fashion and sports colours
+# that neither the summer nor the winter palette holds (no black, white, grey, navy or brown),
+# so the stand-in for ImageNet never sees the target's clothing colours.
+_OTHER_UPPER = [
+    ((0.62, 0.86, 0.22), 0.1), ((0.96, 0.50, 0.40), 0.1), ((0.74, 0.64, 0.92), 0.1), ((0.58, 0.92, 0.76), 0.1),
+    ((0.88, 0.18, 0.62), 0.1), ((0.28, 0.86, 0.92), 0.1), ((0.98, 0.80, 0.58), 0.1), ((0.34, 0.22, 0.66), 0.1),
+    ((0.86, 0.90, 0.30), 0.1), ((0.98, 0.64, 0.84), 0.1),
+]
+_OTHER_LOWER = [
+    ((0.36, 0.60, 0.52), 0.2), ((0.66, 0.40, 0.66), 0.15), ((0.92, 0.70, 0.46), 0.15), ((0.52, 0.70, 0.88), 0.15),
+    ((0.78, 0.30, 0.42), 0.15), ((0.60, 0.62, 0.26), 0.2),
+]
 _SECONDARY = [(0.95, 0.95, 0.95), (0.05, 0.05, 0.05), (0.85, 0.1, 0.1), (0.1, 0.3, 0.8), (0.95, 0.8, 0.1),
               (0.1, 0.6, 0.3), (0.6, 0.6, 0.6), (0.9, 0.5, 0.7)]
 _HAIR = [(0.07, 0.06, 0.05), (0.25, 0.15, 0.08), (0.45, 0.30, 0.15), (0.85, 0.72, 0.40), (0.60, 0.60, 0.60),
          (0.55, 0.20, 0.08)]
-_HAIR_P = {True: [0.62, 0.2, 0.08, 0.04, 0.04, 0.02], False: [0.3, 0.25, 0.18, 0.15, 0.08, 0.04]}
+_HAIR_P = {True: [0.62, 0.2, 0.08, 0.04, 0.04, 0.02], False: [0.3, 0.25, 0.18, 0.15, 0.08, 0.04],
+           None: [0.25, 0.2, 0.2, 0.2, 0.05, 0.1]}
 _SHOES = [(0.92, 0.92, 0.92), (0.06, 0.06, 0.06), (0.35, 0.22, 0.12), (0.5, 0.5, 0.5), (0.8, 0.15, 0.15),
           (0.2, 0.3, 0.7)]
-_SHOES_P = {True: [0.4, 0.25, 0.1, 0.1, 0.08, 0.07], False: [0.1, 0.45, 0.25, 0.12, 0.04, 0.04]}
+_SHOES_P = {True: [0.4, 0.25, 0.1, 0.1, 0.08, 0.07], False: [0.1, 0.45, 0.25, 0.12, 0.04, 0.04],
+            None: [0.15, 0.1, 0.15, 0.2, 0.2, 0.2]}
 _BAGS = [(0.06, 0.06, 0.06), (0.40, 0.25, 0.12), (0.80, 0.15, 0.20), (0.15, 0.30, 0.75), (0.55, 0.55, 0.55),
          (0.90, 0.60, 0.70), (0.20, 0.55, 0.30), (0.85, 0.75, 0.30)]
+
+
+#: Share of images whose background is their own camera's scene; the others show a scene drawn
+#: uniformly from the pool of all the domain's scenes (the knob of "ECN's mechanisms, visible
+#: and believable": 1 makes the scene a perfect camera tag, 0 leaves only the photometric
+#: signature). Chosen by the realism rule of docs/EVIDENCE.md, never by an ECN result.
+DEFAULT_CAMERA_BACKGROUND = 1.0
+
+
+def check_camera_background(value: float) -> float:
+    """``value`` as a float if it is a share in [0, 1], else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"camera_background must be a share in [0, 1], got {value!r}")
+    return float(value)
 
 
 def check_domain(domain: str) -> str:
@@ -236,21 +280,21 @@ def camera_styles(domain: Domain) -> list[CameraStyle]:
     """The cameras of a domain. Fixed per domain (not per seed): a domain *is* its cameras.
 
     Drawn from ``domain.style_seed`` so that every seed of ``synth_duke`` is seen by the same
-    8 cameras, as a real dataset's images all come from its fixed cameras.
+    8 cameras, as a real dataset's images all come from its fixed cameras. A camera's own
+    draws are its scene and its photometric style; person scale, facing and occlusion odds are
+    drawn once for the domain (a separate generator), so that a camera is recognisable by
+    how it renders colours and by its scene, not by how it frames people.
     """
     rng = np.random.default_rng(domain.style_seed)
+    framing = _framing(np.random.default_rng([domain.style_seed, 1]), domain.bright)
     cams = []
     for c in range(domain.num_cams):
-        if domain.bright is None:  # anywhere between the two: a bright and a dark draw, mixed
-            bright, dark, t = _look(rng, True), _look(rng, False), float(rng.uniform(0, 1))
-            look = {k: _mix(bright[k], dark[k], t) for k in bright}
-        else:
-            look = _look(rng, domain.bright)
-        facing = rng.dirichlet([2.0, 2.0, 1.5])
+        look = _look(rng, domain.bright)
         cams.append(
             CameraStyle(
                 accent=tuple(float(x) for x in look.pop("accent")), horizon=float(rng.uniform(0.45, 0.7)),
-                structure=int(c % 4), period=float(rng.uniform(0.25, 0.6)), facing=tuple(float(x) for x in facing),
+                structure=int(c % 4), period=float(rng.uniform(0.25, 0.6)),
+                **framing,
                 **{k: (tuple(float(y) for y in v) if isinstance(v, (tuple, np.ndarray)) else float(v))
                    for k, v in look.items()},
             )
@@ -258,35 +302,54 @@ def camera_styles(domain: Domain) -> list[CameraStyle]:
     return cams
 
 
-def _mix(a, b, t: float):
-    """``t * a + (1 - t) * b`` for numbers and colour triples alike."""
-    return t * np.asarray(a, float) + (1.0 - t) * np.asarray(b, float)
+def _framing(rng: np.random.Generator, bright: bool | None) -> dict:
+    """How a domain's cameras frame people: mean person height, facing odds, occlusion rate (shared by its cameras)."""
+    scale = {True: (0.82, 0.9), False: (0.76, 0.84), None: (0.78, 0.9)}[bright]
+    occlusion = {True: (0.1, 0.16), False: (0.18, 0.26), None: (0.1, 0.25)}[bright]
+    return {"scale": float(rng.uniform(*scale)), "occlusion": float(rng.uniform(*occlusion)),
+            "facing": tuple(float(x) for x in rng.dirichlet([4.0, 4.0, 3.0]))}
 
 
-def _look(rng: np.random.Generator, bright: bool) -> dict:
-    """One camera's colours and optics: a sunny campus (``bright``) or a winter campus at dusk.
+def _look(rng: np.random.Generator, bright: bool | None) -> dict:
+    """One camera's scene colours and optics: a sunny campus (``bright``), a winter campus at dusk
+    (``False``), or neither (``None``, the pretraining corpus: off the warm-cold axis that joins them).
 
     The order of the draws is part of the world (it fixes every camera of a domain).
     """
     u = rng.uniform
-    if bright:  # sunny campus: light pavements, warm light, sharp
-        wall = np.clip(np.array([0.80, 0.76, 0.66]) * u(0.8, 1.12, 3), 0, 1)
+    if bright is None:  # indoors and odd light: green or magenta casts, washed-out or harsh colour
+        wall = np.clip(rng.choice([[0.62, 0.72, 0.58], [0.78, 0.62, 0.70], [0.55, 0.62, 0.72], [0.70, 0.70, 0.50]])
+                       * u(0.8, 1.15, 3), 0, 1)
+        floor = np.clip(rng.choice([[0.55, 0.30, 0.30], [0.35, 0.50, 0.40], [0.60, 0.58, 0.40]]) * u(0.85, 1.1, 3), 0, 1)
+        accent = np.clip(rng.choice([[0.9, 0.4, 0.7], [0.3, 0.8, 0.6], [0.8, 0.8, 0.3], [0.4, 0.4, 0.9]])
+                         * u(0.85, 1.1, 3), 0, 1)
+        green = bool(rng.random() < 0.5)  # a fluorescent (green) or a magenta cast: off the warm-cold axis
+        g = u(1.12, 1.28) if green else u(0.74, 0.88)
+        rb = u(0.92, 1.0) if green else u(1.02, 1.1)
+        wb = (rb * u(0.97, 1.03), g, rb * u(0.97, 1.03))
+        washed = bool(rng.random() < 0.5)  # washed out (low contrast, saturation) or harsh (high)
+        style = dict(brightness=u(-0.03, 0.03), contrast=u(0.6, 0.72) if washed else u(1.25, 1.4),
+                     gamma=u(0.95, 1.05), saturation=u(0.25, 0.45) if washed else u(1.55, 1.75),
+                     tint=(u(0.0, 0.03), u(0.0, 0.03), u(0.0, 0.03)), vignette=u(0.0, 0.2),
+                     resolution=u(0.7, 1.0), blur=u(0.0, 0.6), noise=u(0.005, 0.02))
+    elif bright:  # sunny campus: light pavements, warm light, sharp
+        wall = np.clip(np.array([0.78, 0.74, 0.64]) * u(0.9, 1.1, 3), 0, 1)
         floor = np.clip(np.array([0.72, 0.70, 0.64]) * u(0.85, 1.1, 3), 0, 1)
         accent = np.clip(rng.choice([[0.6, 0.35, 0.25], [0.35, 0.6, 0.3], [0.95, 0.95, 0.9], [0.5, 0.5, 0.55]])
                          * u(0.85, 1.1, 3), 0, 1)
-        wb = (u(1.02, 1.15), u(0.98, 1.06), u(0.80, 0.95))
-        style = dict(brightness=u(0.04, 0.12), contrast=u(1.0, 1.2), gamma=u(0.8, 0.95), saturation=u(1.05, 1.3),
+        wb = (u(0.98, 1.2), u(0.95, 1.08), u(0.74, 0.98))
+        style = dict(brightness=u(0.0, 0.16), contrast=u(0.95, 1.25), gamma=u(0.8, 0.95), saturation=u(0.95, 1.4),
                      tint=(u(0.0, 0.04), u(0.0, 0.03), 0.0), vignette=u(0.0, 0.1), resolution=u(0.8, 1.0),
-                     blur=u(0.0, 0.5), noise=u(0.004, 0.015), scale=u(0.80, 0.92), occlusion=u(0.08, 0.2))
+                     blur=u(0.0, 0.5), noise=u(0.004, 0.015))
     else:  # winter campus at dusk: dark asphalt and glass, cold light, soft and noisy
-        wall = np.clip(np.array([0.30, 0.34, 0.40]) * u(0.7, 1.3, 3), 0, 1)
+        wall = np.clip(np.array([0.30, 0.34, 0.40]) * u(0.85, 1.15, 3), 0, 1)
         floor = np.clip(rng.choice([[0.28, 0.28, 0.30], [0.75, 0.78, 0.82]]) * u(0.85, 1.1, 3), 0, 1)
         accent = np.clip(rng.choice([[0.15, 0.2, 0.3], [0.45, 0.25, 0.2], [0.6, 0.65, 0.7], [0.1, 0.25, 0.15]])
                          * u(0.85, 1.15, 3), 0, 1)
-        wb = (u(0.78, 0.92), u(0.92, 1.02), u(1.05, 1.25))
-        style = dict(brightness=u(-0.12, -0.04), contrast=u(0.75, 0.9), gamma=u(1.05, 1.25), saturation=u(0.65, 0.85),
+        wb = (u(0.72, 0.98), u(0.9, 1.05), u(1.0, 1.32))
+        style = dict(brightness=u(-0.16, -0.02), contrast=u(0.7, 0.95), gamma=u(1.05, 1.25), saturation=u(0.55, 0.95),
                      tint=(0.0, u(0.0, 0.02), u(0.02, 0.05)), vignette=u(0.1, 0.3), resolution=u(0.55, 0.8),
-                     blur=u(0.3, 0.8), noise=u(0.012, 0.025), scale=u(0.74, 0.88), occlusion=u(0.15, 0.3))
+                     blur=u(0.3, 0.8), noise=u(0.012, 0.025))
     return dict(wall=wall, floor=floor, accent=accent, wb=wb, **style)
 
 
@@ -295,7 +358,7 @@ def _look(rng: np.random.Generator, bright: bool) -> dict:
 # ---------------------------------------------------------------------------------------
 
 #: The colour fields of an identity (RGB in [0, 1], 3 values each); the renderer turns them into tensors.
-COLOR_FIELDS = ("upper", "lower", "second", "skin", "hair", "shoes", "bag_color", "hat_color")
+COLOR_FIELDS = ("upper", "lower", "second", "skin", "hair", "shoes", "bag_color", "hat_color", "scarf_color")
 
 
 def _pick(rng: np.random.Generator, palette, n: int, p=None) -> np.ndarray:
@@ -313,43 +376,69 @@ def _jitter(rng: np.random.Generator, cols: np.ndarray, amount: float = 0.15) ->
     return np.clip(cols * rng.uniform(1 - amount, 1 + amount, cols.shape) + rng.normal(0, 0.03, cols.shape), 0, 1)
 
 
+#: Share of a season's clothes drawn from its own palette; the rest come from the other season's
+#: (one city, two seasons). At 0.5, the frozen world's value (docs/EVIDENCE.md, section 7), both
+#: seasons draw clothing colours from the same mixture: the domains' people then differ in what
+#: they wear (sleeves, coats, trousers, scarves, hats), not in its colours, and the cameras add the rest.
+OWN_SEASON = 0.5
+
+
+def _season(palettes: dict, bright: bool) -> list:
+    """A season's palette: its own colours (weight :data:`OWN_SEASON`) and the other season's (the rest)."""
+    own, other = palettes[bright], palettes[not bright]
+    return ([(c, p * OWN_SEASON) for c, p in own]
+            + [(c, p * (1.0 - OWN_SEASON) * sum(q for _, q in own) / sum(q for _, q in other)) for c, p in other])
+
+
 def sample_identities(domain: Domain, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Draw ``n`` appearances from the domain's identity distribution (arrays of length n).
 
-    The colours use the domain's palettes (summer or winter clothing) and every other
-    attribute the domain's odds, so the two domains differ in *who* walks by as well as in
-    how the cameras see them. The order of the draws is part of the world: changing it
-    changes every image (bump ``GENERATOR_VERSION`` in :mod:`reidlab.data.synth.write`).
+    The colours use the domain's palettes (summer, winter, or the pretraining corpus's own)
+    and every other attribute the domain's odds, so the domains differ in *who* walks by as
+    well as in how the cameras see them. The order of the draws is part of the world: changing
+    it changes every image (bump ``GENERATOR_VERSION`` in :mod:`reidlab.data.synth.write`).
     """
     b = domain.bright
-    if b is None:  # each person from one of the two populations, half and half
-        summer = sample_identities(Domain(domain.name, domain.num_cams, domain.style_seed, True), n, rng)
-        winter = sample_identities(Domain(domain.name, domain.num_cams, domain.style_seed, False), n, rng)
-        pick = rng.random(n) < 0.5
-        return {k: np.where(pick.reshape(-1, *([1] * (v.ndim - 1))), v, winter[k]) for k, v in summer.items()}
+    # clothing odds per population: summer (True), winter (False), the pretraining corpus's own (None)
+    odds = {
+        "pattern": {True: [0.4, 0.16, 0.1, 0.1, 0.14, 0.1], False: [0.45, 0.12, 0.08, 0.15, 0.05, 0.15],
+                    None: [0.25, 0.15, 0.15, 0.15, 0.15, 0.15]},
+        "sleeves": {True: 0.7, False: 0.05, None: 0.4},
+        "lower_type": {True: [0.5, 0.35, 0.15], False: [0.9, 0.0, 0.1], None: [0.6, 0.2, 0.2]},
+        "hat": {True: 0.05, False: 0.7, None: 0.15},
+        "scarf": {True: 0.02, False: 0.9, None: 0.0},
+        "bag": {True: [0.45, 0.3, 0.25], False: [0.35, 0.45, 0.2], None: [0.4, 0.3, 0.3]},
+        "coat": {True: 0.05, False: 0.5, None: 0.2},
+        "width": {True: 1.0, False: 1.08, None: 1.04},
+    }
+    upper = _OTHER_UPPER if b is None else _season(_UPPER, b)
+    lower = _OTHER_LOWER if b is None else _season(_LOWER, b)
     ids: dict[str, np.ndarray] = {}
-    ids["upper"] = _jitter(rng, _pick(rng, _UPPER[b], n))
-    ids["lower"] = _jitter(rng, _pick(rng, _LOWER[b], n))
+    ids["upper"] = _jitter(rng, _pick(rng, upper, n))
+    ids["lower"] = _jitter(rng, _pick(rng, lower, n))
     ids["second"] = _jitter(rng, _pick(rng, _SECONDARY, n, p=np.ones(len(_SECONDARY))))
     ids["skin"] = np.clip(np.array([0.85, 0.66, 0.52]) * rng.uniform(0.55, 1.1, (n, 1)), 0, 1)
     ids["hair"] = _jitter(rng, _pick(rng, _HAIR, n, p=_HAIR_P[b]), 0.1)
     ids["shoes"] = _jitter(rng, _pick(rng, _SHOES, n, p=_SHOES_P[b]), 0.1)
     ids["bag_color"] = _jitter(rng, _pick(rng, _BAGS, n, p=np.ones(len(_BAGS))))
-    ids["hat_color"] = _jitter(rng, _pick(rng, _BAGS, n, p=np.ones(len(_BAGS))))
+    # winter hats come in the bright secondary colours (another cue that identifies a winter person)
+    ids["hat_color"] = _jitter(rng, _pick(rng, _SECONDARY if b is False else _BAGS, n, p=np.ones(len(_BAGS))))
     # pattern: 0 plain, 1 horizontal stripes, 2 vertical stripes, 3 checks, 4 chest logo, 5 two-tone
-    ids["pattern"] = rng.choice(6, n, p=[0.4, 0.16, 0.1, 0.1, 0.14, 0.1] if b else [0.45, 0.12, 0.08, 0.15, 0.05, 0.15])
+    ids["pattern"] = rng.choice(6, n, p=odds["pattern"][b])
     ids["freq"] = rng.uniform(10, 20, n)
-    ids["sleeves"] = (rng.random(n) < (0.7 if b else 0.05)).astype(float)  # 1 = short sleeves
-    ids["lower_type"] = rng.choice(3, n, p=[0.5, 0.35, 0.15] if b else [0.9, 0.0, 0.1])  # trousers, shorts, skirt
+    ids["sleeves"] = (rng.random(n) < odds["sleeves"][b]).astype(float)  # 1 = short sleeves
+    ids["lower_type"] = rng.choice(3, n, p=odds["lower_type"][b])  # trousers, shorts, skirt
     ids["long_hair"] = (rng.random(n) < 0.3).astype(float)
-    ids["hat"] = (rng.random(n) < (0.05 if b else 0.3)).astype(float)
-    ids["bag"] = rng.choice(3, n, p=[0.45, 0.3, 0.25] if b else [0.35, 0.45, 0.2])  # none, backpack, shoulder
+    ids["hat"] = (rng.random(n) < odds["hat"][b]).astype(float)
+    ids["bag"] = rng.choice(3, n, p=odds["bag"][b])  # none, backpack, shoulder
     ids["bag_side"] = rng.choice([-1.0, 1.0], n)
-    ids["coat"] = (rng.random(n) < (0.05 if b else 0.5)).astype(float)
-    ids["width"] = rng.uniform(0.85, 1.2, n) * (1.0 if b else 1.08)
+    ids["coat"] = (rng.random(n) < odds["coat"][b]).astype(float)
+    ids["width"] = rng.uniform(0.85, 1.2, n) * odds["width"][b]
     ids["height"] = rng.uniform(0.9, 1.04, n)
+    # winter's own cue: a scarf (bright, so it identifies a person), which summer people rarely wear
+    ids["scarf"] = (rng.random(n) < odds["scarf"][b]).astype(float)
+    ids["scarf_color"] = _jitter(rng, _pick(rng, _SECONDARY, n, p=np.ones(len(_SECONDARY))))
     return ids
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,7 +447,11 @@ def sample_identities(domain: Domain, n: int, rng: np.random.Generator) -> dict[
 
 
 def sample_poses(
-    cams: np.ndarray, styles: list[CameraStyle], rng: np.random.Generator, kind: np.ndarray
+    cams: np.ndarray,
+    styles: list[CameraStyle],
+    rng: np.random.Generator,
+    kind: np.ndarray,
+    camera_background: float = DEFAULT_CAMERA_BACKGROUND,
 ) -> dict[str, np.ndarray]:
     """Per-image pose, placement, background and occlusion draws (arrays of length n).
 
@@ -377,7 +470,13 @@ def sample_poses(
     kind:
         0 a person, 1 junk (a badly cropped detection), 2 distractor (a background box or a
         fragment of someone else).
+    camera_background:
+        Share of images that show their camera's own scene (``bg_own``); the others show the
+        scene of camera ``bg_cam``, drawn uniformly from the domain's cameras. A re-render of
+        the same moment by another camera (the oracle CamStyle images) keeps the drawn scene
+        of a pooled image and shows the new camera's scene for an own-scene one.
     """
+    check_camera_background(camera_background)
     n = len(cams)
     facing_p = np.array([styles[c].facing for c in cams])
     occ_p = np.array([styles[c].occlusion for c in cams])
@@ -401,6 +500,13 @@ def sample_poses(
         "occ_b": rng.choice([-1.0, 1.0], n),
         "occ_r": r(n), "occ_g": r(n), "occ_b2": r(n),
         "crop": np.zeros(n),
+        "bg_own": (r(n) < camera_background).astype(float),
+        "bg_cam": rng.integers(0, len(styles), n),
+        # the light of the moment, before the camera: exposure, a colour cast and a gradient across the
+        # image (sun from one side), so one person's colours vary from image to image as in real crops
+        "exposure": rng.uniform(1.0, 1.0, n),
+        "cast": rng.normal(1.0, 0.0, (n, 3)).clip(0.8, 1.2),
+        "gradient": rng.uniform(0.0, 0.0, n),
     }
     junk = kind == 1
     # junk: the box is off: too big and shifted, so only a part of the person shows

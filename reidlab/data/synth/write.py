@@ -50,12 +50,14 @@ from ..layout import CAMSTYLE_DIR, CAMSTYLE_ORACLE_DIR, GALLERY_DIR, QUERY_DIR, 
 from .render import one_torch_thread, render_person_layer, render_view
 from .restyle import restyle_batch
 from .world import (
+    DEFAULT_CAMERA_BACKGROUND,
     DOMAINS,
     SCALES,
     CameraStyle,
     Domain,
     Scale,
     camera_styles,
+    check_camera_background,
     check_domain,
     domain_rng,
     sample_identities,
@@ -72,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4  # bump when the pixels change: cached trees of older versions are redrawn
+GENERATOR_VERSION = 5  # bump when the pixels change: cached trees of older versions are redrawn
 COMPLETE_MARKER = ".complete"
 MANIFEST = "manifest.json"
 #: ``(H, W)`` written at every scale: the loaders resize to the profile's input size, and
@@ -188,14 +190,17 @@ def _names(plan: _Plan, rng: np.random.Generator, num_cams: int) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def _params_key(domain: str, scale: str, seed: int, size: tuple[int, int], write_camstyle: bool) -> dict:
+def _params_key(
+    domain: str, scale: str, seed: int, size: tuple[int, int], write_camstyle: bool, camera_background: float
+) -> dict:
     """What identifies a tree: written to its ``.complete`` marker and its manifest.
 
     The ``"camstyle"`` entry records whether CamStyle images were written (the name is kept
     so that trees generated before are still recognised).
     """
     return {"domain": domain, "scale": scale, "seed": int(seed), "image_size": list(size),
-            "camstyle": bool(write_camstyle), "version": GENERATOR_VERSION}
+            "camstyle": bool(write_camstyle), "camera_background": float(camera_background),
+            "version": GENERATOR_VERSION}
 
 
 def _resolve_scale(scale: str | Scale) -> tuple[str, Scale]:
@@ -216,6 +221,7 @@ def make_synthetic_reid(
     *,
     image_size: tuple[int, int] | None = None,
     write_camstyle: bool = True,
+    camera_background: float = DEFAULT_CAMERA_BACKGROUND,
     batch_size: int = 512,
     workers: int | None = None,
 ) -> Path:
@@ -256,6 +262,10 @@ def make_synthetic_reid(
         Also write the CamStyle images (5 or 7 per training image, in each of the two
         CamStyle folders). ``False`` saves most of the generation time for a source domain,
         whose CamStyle images ECN never reads; the folder then gets a ``-nocamstyle`` suffix.
+    camera_background:
+        Share of images that show their own camera's scene, the others a scene from the pool
+        of the domain's scenes (:data:`~reidlab.data.synth.world.DEFAULT_CAMERA_BACKGROUND`);
+        another value gets its own folder (``-bg<value>`` suffix).
     batch_size:
         Images rendered at once by one thread (memory against per-call overhead).
     workers:
@@ -274,15 +284,18 @@ def make_synthetic_reid(
     if len(size) != 2 or size[0] < 32 or size[1] < 16:
         raise ValueError(f"image_size must be (H, W) with H >= 32 and W >= 16, got {image_size}")
     root = Path(root).expanduser() if root is not None else data_dir() / "synth"
+    camera_background = check_camera_background(camera_background)
     suffix = ("" if size == DEFAULT_IMAGE_SIZE else f"-{size[0]}x{size[1]}") + ("" if write_camstyle else "-nocamstyle")
+    if camera_background != DEFAULT_CAMERA_BACKGROUND:
+        suffix += f"-bg{camera_background:.2f}"
     out = root / f"{domain}-{scale_name}-seed{seed}{suffix}"
-    key = _params_key(domain, scale_name, seed, size, write_camstyle)
+    key = _params_key(domain, scale_name, seed, size, write_camstyle, camera_background)
     if _marker_matches(out / COMPLETE_MARKER, key):
         return out
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        _generate(tmp, DOMAINS[domain], sc, seed, size, write_camstyle, key, batch_size, workers)
+        _generate(tmp, DOMAINS[domain], sc, seed, size, write_camstyle, camera_background, key, batch_size, workers)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(key))
         _move_into_place(tmp, out, key)
     finally:
@@ -379,12 +392,12 @@ def _render_chunk(w: _World, n: int, chunk: tuple[int, np.ndarray, bool], io_poo
     sub_ids = {name: arr[w.plan.ident[rows]] for name, arr in w.ids.items()}
     sub_pose = {name: arr[rows] for name, arr in w.poses.items()}
     layer = render_person_layer(sub_ids, sub_pose, w.styles[c].scale, w.size)
-    imgs = render_view(layer, sub_pose, w.styles[c], noise_seed=w.noise_seed(n, c))
+    imgs = render_view(layer, sub_pose, w.styles[c], noise_seed=w.noise_seed(n, c), scenes=w.styles)
     pending = [io_pool.submit(_save, imgs[i], w.path(r, c, c)) for i, r in enumerate(rows)]
     others = [c2 for c2 in range(w.dom.num_cams) if c2 != c] if w.write_camstyle and is_train else []
     for c2 in others:
         fake = restyle_batch(imgs, w.styles[c], w.styles[c2], noise_seed=w.noise_seed(n, c2, transfer=True))
-        oracle = render_view(layer, sub_pose, w.styles[c2], noise_seed=w.noise_seed(n, c2))
+        oracle = render_view(layer, sub_pose, w.styles[c2], noise_seed=w.noise_seed(n, c2), scenes=w.styles)
         pending += [io_pool.submit(_save, fake[i], w.path(r, c, c2)) for i, r in enumerate(rows)]
         pending += [io_pool.submit(_save, oracle[i], w.path(r, c, c2, oracle=True)) for i, r in enumerate(rows)]
     for f in pending:
@@ -432,8 +445,8 @@ def _manifest(w: _World, sc: Scale, key: dict, pids: np.ndarray, n_fake: int) ->
 
 
 def _generate(
-    out: Path, dom: Domain, sc: Scale, seed: int, size: tuple[int, int], write_camstyle: bool, key: dict,
-    batch_size: int, workers: int | None,
+    out: Path, dom: Domain, sc: Scale, seed: int, size: tuple[int, int], write_camstyle: bool,
+    camera_background: float, key: dict, batch_size: int, workers: int | None,
 ) -> None:
     """Draw the world of ``(dom, sc, seed)`` and write its tree into ``out`` (not yet marked complete)."""
     if dom.num_cams > 32:  # the noise seeds of _World.noise_seed leave room for 32 cameras
@@ -441,7 +454,7 @@ def _generate(
     styles = camera_styles(dom)
     plan, ids, pids = _plan(dom, sc, seed)
     names = _names(plan, domain_rng(dom, seed, "names"), dom.num_cams)
-    poses = sample_poses(plan.cam, styles, domain_rng(dom, seed, "poses"), plan.kind)
+    poses = sample_poses(plan.cam, styles, domain_rng(dom, seed, "poses"), plan.kind, camera_background)
     for d in (*_SPLIT_DIRS.values(), *([CAMSTYLE_DIR, CAMSTYLE_ORACLE_DIR] if write_camstyle else [])):
         (out / d).mkdir(parents=True, exist_ok=True)
     w = _World(out, dom, styles, plan, ids, poses, names, seed, size, write_camstyle)
