@@ -114,6 +114,23 @@ def test_realism_reports_each_target_from_its_numbers(worlds, data_dir):
     assert 100 * again["metrics"]["mAP"] == pytest.approx(real["mAP"]["direct transfer"][0])
 
 
+
+def test_realism_trains_nothing_it_is_given(worlds, data_dir, monkeypatch):
+    config = _cfg(worlds, invariance="source-only")
+    given = {(row, s): evidence.ecn_run(c.replace(seed=s)) for s in (0, 1)
+             for row, c in (("source-only", config), ("target-supervised", evidence.supervised(config)))}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("realism asked for a run it was given")
+
+    monkeypatch.setattr(evidence, "ecn_run", no_training)
+    real = evidence.realism(config, [0, 1], given)
+    assert real["mAP"]["direct transfer"] == pytest.approx(
+        [100 * given["source-only", s]["metrics"]["mAP"] for s in (0, 1)])
+    with pytest.raises(AssertionError, match="a run it was given"):
+        evidence.realism(config, [0, 1, 2], given)   # seed 2 is missing: that one it must train
+
+
 def test_supervised_trains_on_the_target(worlds):
     config = _cfg(worlds, invariance="E+C", control="none")
     sup = evidence.supervised(config)

@@ -240,8 +240,9 @@ def realism(config: ECNConfig, seeds: list[int], runs: dict[tuple[str, int], dic
     runs = dict(runs or {})
     base = config.replace(invariance="source-only", control="none")
     for seed in seeds:
-        runs.setdefault(("source-only", seed), ecn_run(base.replace(seed=seed)))
-        runs.setdefault(("target-supervised", seed), ecn_run(supervised(base).replace(seed=seed)))
+        for row, row_config in (("source-only", base), ("target-supervised", supervised(base))):
+            if (row, seed) not in runs:  # not setdefault: its default argument would train every run given
+                runs[row, seed] = ecn_run(row_config.replace(seed=seed))
     pre = backbone_run(base, pretrained=True)
     untrained = {s: backbone_run(base, pretrained=False, seed=s) for s in seeds}
     m = lambda r, key="mAP": 100 * r["metrics"][key]  # noqa: E731
