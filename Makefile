@@ -18,11 +18,12 @@ TORCH_LOWEST       := 2.4.0
 TORCHVISION_LOWEST := 0.19.0
 VENV_LOWEST        := .venv-lowest
 
-.PHONY: help install lab run test test-lowest site figures assignments grade instructors-table clean
+.PHONY: help install lab run test test-unit test-notebooks test-e2e test-lowest site figures assignments grade instructors-table clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
 	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
+	@echo "make test-unit | test-notebooks | test-e2e   one tier of make test"
 	@echo "make test-lowest  the unit tests again, in .venv-lowest with the lowest supported torch/torchvision"
 	@echo "make site     build the static site (build/site/index.html) from the committed notebooks"
 	@echo "make run      execute every notebook headless into build/run and print a timing table"
@@ -48,11 +49,26 @@ run: $(STAMP)
 
 # One OpenMP thread per worker: WORKERS processes x N threads on few cores oversubscribe,
 # and PyTorch's spinning threads then run small nets many times slower.
+PYTEST_ENV := REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
+UNIT  := not browser and not notebooks and not e2e
+
+# Everything, in one pytest run so that both workers stay busy. The tiers below are its parts.
 test: $(STAMP)
-	REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile \
-	  --nbval-lax --nbval-current-env --nbval-cell-timeout=300 \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	  tests $(NOTEBOOKS)
+	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL) tests $(NOTEBOOKS)
+
+# The library, the tools and the checkers (no notebook executed, no outside app).
+test-unit: $(STAMP)
+	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile -m "$(UNIT)" tests
+
+# Every notebook re-executed by nbval, and the student versions run as a student would.
+test-notebooks: $(STAMP)
+	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL) \
+	  tests/test_student_versions.py $(NOTEBOOKS)
+
+# End to end through outside tools: JupyterLab in Chromium, the Sphinx site, nbgrader.
+test-e2e: $(STAMP)
+	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile -m "browser or e2e" tests
 
 # The same unit tests (not the notebooks, not the browser) at the lowest versions we claim to
 # support, in a second environment; CI runs it after `make test`. --no-cache-dir: a second set of
@@ -62,8 +78,8 @@ test-lowest:
 	$(VENV_LOWEST)/bin/python -m pip install --disable-pip-version-check --no-cache-dir -q \
 	  "torch==$(TORCH_LOWEST)" "torchvision==$(TORCHVISION_LOWEST)" -e '.[dev]'
 	$(VENV_LOWEST)/bin/python -c "import torch, torchvision, numpy; print('testing torch', torch.__version__, '| torchvision', torchvision.__version__, '| numpy', numpy.__version__)"
-	REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1 $(VENV_LOWEST)/bin/python -m pytest -n $(WORKERS) --dist loadfile \
-	  -p no:cacheprovider -m "not browser and not notebooks" tests
+	$(PYTEST_ENV) $(VENV_LOWEST)/bin/python -m pytest -n $(WORKERS) --dist loadfile \
+	  -p no:cacheprovider -m "$(UNIT)" tests
 
 # A static HTML site of the series from the committed notebooks (nothing re-executed).
 site: $(STAMP)

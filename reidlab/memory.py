@@ -77,8 +77,21 @@ def _occurrence_rank(indices: torch.Tensor) -> torch.Tensor:
     return rank
 
 
+def _scratch(workspace: list[torch.Tensor] | None, slot: int, rows: int, memory: torch.Tensor) -> torch.Tensor:
+    """A ``rows x width`` buffer like ``memory``'s rows: ``workspace[slot]`` when it fits, else a new one kept there."""
+    if workspace is None:
+        return memory.new_empty(rows, memory.shape[1])
+    while len(workspace) <= slot:
+        workspace.append(memory.new_empty(0, memory.shape[1]))
+    buf = workspace[slot]
+    if buf.shape[0] < rows or buf.shape[1] != memory.shape[1] or buf.dtype != memory.dtype or buf.device != memory.device:
+        buf = workspace[slot] = memory.new_empty(rows, memory.shape[1])
+    return buf[:rows]
+
+
 @torch.no_grad()
-def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float) -> torch.Tensor:
+def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float,
+                   *, workspace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Update ``memory`` in place: ``M[i] <- rate * M[i] + (1 - rate) * f``, then L2-normalise.
 
     Vectorised over the batch. Indices that occur more than once are applied in batch order,
@@ -93,6 +106,10 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
     a zero row instead of 0/0 = NaN. For every other row the result is bit-identical to
     :func:`memory_update_loop_`.
 
+    ``workspace``: a list this function keeps its two batch-sized buffers in between calls
+    (:class:`InvarianceLoss` passes its own). On the CPU, fresh 2 MB buffers every step cost
+    more than the update itself (``benchmarks/bench_memory.py``); without one, they are fresh.
+
     Returns ``memory`` (for chaining).
     """
     if not 0.0 <= rate <= 1.0:
@@ -106,6 +123,14 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
         raise ValueError(f"{indices.numel()} indices for {features.shape[0]} features")
     if indices.numel() == 0:
         return memory
+    # A non-finite feature never enters the memory (its loss is non-finite: the trainer stops).
+    # One reduction checks the whole batch (a finite sum means every entry is finite); only a
+    # batch that fails it pays for the per-row check.
+    if not torch.isfinite(features.sum()):
+        finite = torch.isfinite(features).all(dim=1)
+        indices, features = indices[finite], features[finite]
+        if indices.numel() == 0:
+            return memory
     rank = _occurrence_rank(indices)
     rounds = int(rank.max().item()) + 1
     for r in range(rounds):
@@ -114,12 +139,11 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
         else:
             sel = rank == r
             idx, feats = indices[sel], features[sel]
-        # two products and a sum, as the published code writes it (bit-identical results)
-        old = memory.index_select(0, idx)
-        rows = old.mul(rate).add_(feats * (1.0 - rate))
+        # rate * M[i] + (1 - rate) * f as the published code writes it: two products and a sum
+        # (a fused add(..., alpha=) may round differently), in two batch-sized buffers.
+        rows = torch.index_select(memory, 0, idx, out=_scratch(workspace, 0, idx.numel(), memory)).mul_(rate)
+        rows.add_(torch.mul(feats, 1.0 - rate, out=_scratch(workspace, 1, idx.numel(), memory)))
         rows.div_(rows.norm(dim=1, keepdim=True).clamp_min_(NORM_EPS))  # a zero row stays zero, not 0/0
-        # a non-finite feature never enters the memory (its loss is non-finite: the trainer stops)
-        rows = torch.where(torch.isfinite(feats).all(dim=1, keepdim=True), rows, old)
         memory.index_copy_(0, idx, rows)
     return memory
 
@@ -164,9 +188,9 @@ class _ExemplarMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor, indices: torch.Tensor, memory: torch.Tensor, rate: float,
-                gather: Any) -> torch.Tensor:
+                gather: Any, workspace: list[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(features, indices)
-        ctx.memory, ctx.rate, ctx.gather = memory, rate, gather
+        ctx.memory, ctx.rate, ctx.gather, ctx.workspace = memory, rate, gather, workspace
         return features.to(memory.dtype) @ memory.t()
 
     @staticmethod
@@ -184,8 +208,8 @@ class _ExemplarMemory(torch.autograd.Function):
             grad_features = (grad_logits.to(ctx.memory.dtype) @ ctx.memory).to(features.dtype)
         if ctx.gather is not None:  # several processes: every copy of the memory sees every process's batch
             features, indices = ctx.gather(features.detach()), ctx.gather(indices)
-        memory_update_(ctx.memory, indices, features, ctx.rate)
-        return grad_features, None, None, None, None
+        memory_update_(ctx.memory, indices, features, ctx.rate, workspace=ctx.workspace)
+        return grad_features, None, None, None, None, None
 
 
 class InvarianceLoss(nn.Module):
@@ -261,10 +285,12 @@ class InvarianceLoss(nn.Module):
         #: before the memory update, so every process's memory stays identical. ``None``: one process.
         self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._pending: weakref.ref | None = None  # the last call's backward node, until it has run
+        self._workspace: list[torch.Tensor] = []  # the memory update's buffers, reused every step
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_pending"] = None  # a weak reference cannot be pickled; a saved loss has no pending graph
+        state["_workspace"] = []  # scratch space, not state
         return state
 
     def _check_no_pending_update(self) -> None:
@@ -308,7 +334,7 @@ class InvarianceLoss(nn.Module):
         self._check_no_pending_update()
         indices = self.slot_map[indices]  # the identity unless shuffle_slots was called
         with torch.autocast(features.device.type, enabled=False):
-            raw = _ExemplarMemory.apply(features, indices, self.memory, rate, self.gather)
+            raw = _ExemplarMemory.apply(features, indices, self.memory, rate, self.gather, self._workspace)
             self._pending = weakref.ref(raw.grad_fn) if raw.grad_fn is not None else None
             logits = raw / self.beta
             if self.uses_knn(epoch):

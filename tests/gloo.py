@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,9 @@ def spawn(fn, *args, world_size: int = 2) -> None:
 def _worker(rank: int, fn, port: int, world_size: int, args) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A short timeout: a rank that cannot meet its peer (say, a port taken between free_port() and
+    # the bind) fails in two minutes instead of gloo's default thirty.
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
     try:
         fn(rank, world_size, *args)
         # Both ranks done before either tears down: under torch 2.4 a rank whose peer had already

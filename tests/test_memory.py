@@ -163,6 +163,36 @@ def test_vectorised_update_equals_loop_on_a_big_batch():
     )
 
 
+def test_a_workspace_is_reused_and_changes_no_bit():
+    g = torch.Generator().manual_seed(2)
+    memory = F.normalize(torch.randn(300, 32, generator=g), dim=1)
+    workspace: list[torch.Tensor] = []
+    with_ws, fresh = memory.clone(), memory.clone()
+    for step in range(4):  # batches of distinct indices, then one with repeats (several rounds)
+        indices = torch.randint(0, 300, (40,), generator=g) if step == 3 else torch.randperm(300, generator=g)[:40]
+        features = torch.randn(40, 32, generator=g)
+        memory_update_(with_ws, indices, features, 0.2, workspace=workspace)
+        memory_update_loop_(fresh, indices, features, 0.2)
+        if step == 0:
+            kept = [b.data_ptr() for b in workspace]
+    assert torch.equal(with_ws, fresh)
+    assert len(workspace) == 2 and [b.data_ptr() for b in workspace] == kept  # allocated once, reused since
+    memory_update_(torch.zeros(5, 8), torch.tensor([1]), torch.ones(1, 8), 0.0, workspace=workspace)
+    assert workspace[0].shape[1] == 8  # a memory of another width gets buffers of its own width
+
+
+def test_huge_finite_features_still_update_and_non_finite_rows_are_skipped():
+    memory = F.normalize(torch.ones(4, 3), dim=1)
+    features = torch.tensor([[3e38, 3e38, 0.0],              # finite, but its sum overflows to inf
+                             [1.0, float("inf"), 0.0],
+                             [0.0, 0.0, float("nan")],
+                             [0.0, 1.0, 0.0]])
+    out = memory_update_(memory.clone(), torch.tensor([0, 1, 2, 3]), features, 0.0)
+    expected = memory_update_loop_(memory.clone(), torch.tensor([0, 3]), features[[0, 3]], 0.0)
+    assert torch.equal(out[[0, 3]], expected[[0, 3]]) and not torch.equal(out[0], memory[0])
+    assert torch.equal(out[[1, 2]], memory[[1, 2]])
+
+
 def test_smooth_targets_own_slot_inside_and_outside_the_top_k():
     logits = torch.tensor([[9.0, 8.0, 7.0, 1.0, 0.0]], dtype=torch.float64)
     inside = smooth_targets(logits, torch.tensor([0]), k=3)

@@ -26,6 +26,7 @@ import pytest
 nbgrader_apps = pytest.importorskip("nbgrader.apps", reason="nbgrader is not installed: pip install -e '.[dev]'")
 traitlets_config = pytest.importorskip("traitlets.config")
 
+pytestmark = pytest.mark.e2e      # nbgrader's own app, end to end: `make test-e2e`
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 spec = importlib.util.spec_from_file_location("assign", ROOT / "tools" / "assign.py")
