@@ -18,11 +18,12 @@ TORCH_LOWEST       := 2.4.0
 TORCHVISION_LOWEST := 0.19.0
 VENV_LOWEST        := .venv-lowest
 
-.PHONY: help install lab run test test-unit test-notebooks test-e2e test-lowest site figures assignments grade instructors-table clean
+.PHONY: help install lab run lint test test-unit test-notebooks test-e2e test-lowest site figures assignments grade instructors-table clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
 	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
+	@echo "make lint     ruff over the code (make test runs it first)"
 	@echo "make test-unit | test-notebooks | test-e2e   one tier of make test"
 	@echo "make test-lowest  the unit tests again, in .venv-lowest with the lowest supported torch/torchvision"
 	@echo "make site     build the static site (build/site/index.html) from the committed notebooks"
@@ -53,9 +54,14 @@ PYTEST_ENV := REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 UNIT  := not browser and not notebooks and not e2e
 
-# Everything, in one pytest run so that both workers stay busy. The tiers below are its parts.
-test: $(STAMP)
+# The lint first (seconds), then everything in one pytest run so that both workers stay busy.
+# The tiers below are its parts.
+test: lint
 	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL) tests $(NOTEBOOKS)
+
+# pyflakes' and pycodestyle's errors over the library, tools, tests and benchmarks ([tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # The library, the tools and the checkers (no notebook executed, no outside app).
 test-unit: $(STAMP)

@@ -35,11 +35,16 @@ from reidlab.models import ReIDNet
 from reidlab.ecn import ecn_loss, make_optimizer
 
 
+def published_update(memory, indices, features, rate, *, workspace=None):
+    """The published per-sample loop with ``memory_update_``'s signature (it keeps no buffers)."""
+    return memory_module.memory_update_loop_(memory, indices, features, rate)
+
+
 @contextlib.contextmanager
 def loop_update():
     """Swap the vectorised memory update for the published per-sample loop."""
     saved = memory_module.memory_update_
-    memory_module.memory_update_ = memory_module.memory_update_loop_
+    memory_module.memory_update_ = published_update
     try:
         yield
     finally:

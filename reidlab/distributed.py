@@ -14,7 +14,9 @@ process would make on the concatenated batch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +24,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "env_info", "init_from_env", "all_gather_cat", "barrier", "main_first", "TIMEOUT_ENV"]
+__all__ = ["DistInfo", "env_info", "init_from_env", "all_gather_cat", "barrier", "main_first", "TIMEOUT_ENV", "dist_timeout", "leave_process_group"]
 
 #: Seconds a collective waits for the other processes before failing (default 600).
 TIMEOUT_ENV = "REIDLAB_DIST_TIMEOUT"
@@ -58,6 +60,23 @@ def env_info() -> DistInfo:
     return info
 
 
+def dist_timeout() -> float:
+    """Seconds a collective waits for the other processes: ``$REIDLAB_DIST_TIMEOUT``, else 600.
+
+    Checked here, so that a typo gives one line naming the variable instead of a conversion or
+    socket error from inside the process group.
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "600")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 86400:  # also refuses nan and inf
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: give the seconds a process waits for the others, "
+                         "a number above 0 and at most 86400 (a day)")
+    return seconds
+
+
 @contextlib.contextmanager
 def init_from_env(device_type: str) -> Iterator[DistInfo]:
     """Join the process group torchrun describes, for the duration of the block; yield where we sit.
@@ -72,7 +91,7 @@ def init_from_env(device_type: str) -> Iterator[DistInfo]:
             info = DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank)
         yield info
         return
-    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 600)))
+    timeout = timedelta(seconds=dist_timeout())
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
@@ -80,11 +99,21 @@ def init_from_env(device_type: str) -> Iterator[DistInfo]:
     try:
         yield info
         # Leave together (only when the block succeeded: after a failure the others may be gone).
-        # A process tearing down while its peer already had could hang in destroy_process_group
-        # under torch 2.4 with gloo (seen in the test helper, tests/gloo.py, 1 run in 8).
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """``destroy_process_group()``, after giving gloo's worker threads the GIL for a moment.
+
+    Under torch 2.4 a gloo worker thread can still be freeing its last collective's tensors,
+    which needs the GIL, while this thread holds the GIL inside ``~ProcessGroupGloo`` waiting
+    for that worker's lock: a deadlock (seen with py-spy in 1 run of about 8 of the two-process
+    tests). Sleeping first releases the GIL, so the worker finishes before the group is freed.
+    """
+    time.sleep(0.2)
+    dist.destroy_process_group()
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,10 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
         raise ValueError(f"{indices.numel()} indices for {features.shape[0]} features")
     if indices.numel() == 0:
         return memory
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= memory.shape[0]:
+        raise IndexError(f"index {lo if lo < 0 else hi} is outside the memory's {memory.shape[0]} slots "
+                         "(an index is the image's position in the target training set)")
     # A non-finite feature never enters the memory (its loss is non-finite: the trainer stops).
     # One reduction checks the whole batch (a finite sum means every entry is finite); only a
     # batch that fails it pays for the per-row check.

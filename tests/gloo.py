@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from reidlab.distributed import leave_process_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,8 +35,6 @@ def _worker(rank: int, fn, port: int, world_size: int, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
     try:
         fn(rank, world_size, *args)
-        # Both ranks done before either tears down: under torch 2.4 a rank whose peer had already
-        # destroyed its group and exited could hang in destroy_process_group (seen in 1 run of 8).
-        dist.barrier()
+        dist.barrier()  # both ranks done before either tears down
     finally:
-        dist.destroy_process_group()
+        leave_process_group()  # the library's own teardown (a torch 2.4 deadlock, see its docstring)

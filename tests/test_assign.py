@@ -2,7 +2,6 @@
 import ast
 import csv
 import importlib.util
-import shutil
 from pathlib import Path
 
 import nbformat

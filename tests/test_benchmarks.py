@@ -29,7 +29,7 @@ def test_bench_ecn_step_runs_all_three_configurations(capsys):
 
     original = memory_module.memory_update_
     with bench.loop_update():
-        assert memory_module.memory_update_ is memory_module.memory_update_loop_
+        assert memory_module.memory_update_ is bench.published_update
     assert memory_module.memory_update_ is original
     args = ["--device", "cpu", "--arch", "resnet18", "--height", "32", "--width", "16", "--batch", "4",
             "--num-target", "20", "--steps", "1", "--warmup", "1"]

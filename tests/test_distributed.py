@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reidlab.distributed import all_gather_cat
+from reidlab.distributed import all_gather_cat, dist_timeout
 from reidlab.ecn import ECNConfig
 from reidlab.ecn.loop import ECNForward, make_optimizer, run_epoch
 from reidlab.ecn.rundir import check_resumable, load_checkpoint
@@ -162,8 +161,8 @@ def worlds(tmp_path_factory):
     return make_worlds(tmp_path_factory.mktemp("worlds"))
 
 
-def _torchrun(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "REIDLAB_DIST_TIMEOUT": "120"}
+def _torchrun(*args, timeout=600, **extra_env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "REIDLAB_DIST_TIMEOUT": "120", **extra_env}
     return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
@@ -208,6 +207,23 @@ def test_a_batch_that_two_processes_cannot_share_and_another_world_size_are_refu
     saved = {"config": ECNConfig(world_size=2).to_dict()}
     with pytest.raises(ValueError, match="cannot resume with another number of processes"):
         check_resumable(saved, ECNConfig(world_size=1), Path("checkpoint.pt"))
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "inf", "nan", "1e10"])
+def test_a_bad_dist_timeout_is_named(raw, monkeypatch):
+    monkeypatch.setenv("REIDLAB_DIST_TIMEOUT", raw)
+    with pytest.raises(ValueError, match=f"REIDLAB_DIST_TIMEOUT='{raw}': give the seconds"):
+        dist_timeout()
+    monkeypatch.setenv("REIDLAB_DIST_TIMEOUT", "90")
+    assert dist_timeout() == 90.0
+
+
+def test_a_bad_dist_timeout_under_torchrun_is_one_line_on_every_rank(worlds, tmp_path):
+    proc = _torchrun("-m", "reidlab.ecn", "--source", worlds["source"], "--target", worlds["target"], *CLI_SMALL,
+                     "--out", str(tmp_path / "run"), timeout=120, REIDLAB_DIST_TIMEOUT="abc")
+    assert proc.returncode != 0
+    assert proc.stderr.count("REIDLAB_DIST_TIMEOUT='abc'") == 2, proc.stderr[-2000:]  # each rank says it once
+    assert "reidlab/distributed.py" not in proc.stderr, proc.stderr[-2000:]  # no rank's traceback (torchrun prints its own)
 
 
 def test_a_crashed_process_stops_the_others_instead_of_hanging(tmp_path):

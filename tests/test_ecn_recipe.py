@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import reidlab.ecn.loop as ecn_loop
 from reidlab.data.loaders import CamStyleTargetDataset, make_loader
 from reidlab.data.transforms import build_test_transform
-from reidlab.ecn import ECNConfig, build_ecn, evaluate_model, train_ecn
+from reidlab.ecn import ECNConfig, build_ecn, evaluate_model
 from reidlab.ecn.config import CPU_NEW_LAYER_FACTOR, ECN_IMAGES_PER_PERSON, SCALED_KEYS, images_per_person, scaled_recipe
 from reidlab.ecn.run import other_person_donors
 from reidlab.data.loaders import ImageDataset

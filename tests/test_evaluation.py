@@ -157,6 +157,7 @@ def test_max_rank_longer_than_the_gallery(evaluate):
         (dict(g_camids=G_CAMS[:5]), "g_camids has 5 entries"),
         (dict(distmat=np.where(DIST > 0.6, np.nan, DIST)), "NaN or infinite"),
         (dict(max_rank=0), "max_rank must be a positive integer"),
+        (dict(max_rank=10**9), "longer than the gallery"),
         (dict(g_pids=G_PIDS + 0.5), "integer ids"),
     ],
 )

@@ -193,6 +193,13 @@ def test_huge_finite_features_still_update_and_non_finite_rows_are_skipped():
     assert torch.equal(out[[1, 2]], memory[[1, 2]])
 
 
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_an_index_outside_the_memory_is_named(bad):
+    memory = F.normalize(torch.ones(5, 3), dim=1)
+    with pytest.raises(IndexError, match=f"index {bad} is outside the memory's 5 slots"):
+        memory_update_(memory.clone(), torch.tensor([0, bad]), torch.ones(2, 3), 0.5)
+
+
 def test_smooth_targets_own_slot_inside_and_outside_the_top_k():
     logits = torch.tensor([[9.0, 8.0, 7.0, 1.0, 0.0]], dtype=torch.float64)
     inside = smooth_targets(logits, torch.tensor([0]), k=3)

@@ -1,8 +1,11 @@
 """tools/nbtool.py: percent-format round trip (the authoring path of the notebooks)."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("nbtool", ROOT / "tools" / "nbtool.py")
@@ -64,3 +67,44 @@ def test_committed_figures_are_the_committed_notebooks_figures():
     assert len(expected) == 12
     stale = [name for name, png in expected.items() if (ROOT / "figures" / f"{name}.png").read_bytes() != png]
     assert not stale, f"figures/ differs from the notebooks' outputs for {stale}: run `make figures`"
+
+
+def test_run_reports_each_bad_notebook_and_runs_the_others(tmp_path):
+    import nbformat
+    good = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    good.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    failing = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")])
+    slow = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time; time.sleep(60)")])
+    for name, nb in [("b_fails.ipynb", failing), ("c_slow.ipynb", slow), ("e_good.ipynb", good)]:
+        nbformat.write(nb, tmp_path / name)
+    (tmp_path / "d_not_json.ipynb").write_text("{ not json")
+    paths = [tmp_path / n for n in ("a_missing.ipynb", "b_fails.ipynb", "c_slow.ipynb", "d_not_json.ipynb", "e_good.ipynb")]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "nbtool.py"), "run", "--timeout", "5",
+                           "--out", str(tmp_path / "out"), *map(str, paths)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    table = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()}
+    assert "cannot read" in table["a_missing.ipynb"] and "cannot read" in table["d_not_json.ipynb"]
+    assert "ZeroDivisionError" in table["b_fails.ipynb"] and "Timeout" in table["c_slow.ipynb"]
+    assert table["e_good.ipynb"].split()[-1] == "yes" and "1/5 ok" in proc.stdout
+    ran = nbformat.read(tmp_path / "out" / "e_good.ipynb", as_version=4)
+    assert ran.cells[0].outputs[0]["text"] == "42\n"
+
+
+def test_a_notebook_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import nbformat
+    from reidlab import files
+
+    target = tmp_path / "nb.ipynb"
+    old = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbtool.write_notebook(old, target)
+    before = target.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    big = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("y = 2\n" * 10000)])
+    with pytest.raises(files.DiskFullError, match="disk full"):
+        nbtool.write_notebook(big, target)
+    assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -89,6 +90,26 @@ def test_a_child_that_dies_is_reported_with_its_exit_code():
 
     with pytest.raises(RuntimeError, match=r"died without a result \(exit code 7\)"):
         map_in_processes(die, [0, 1], processes=2, progress=False)
+
+
+@needs_fork
+def test_a_hung_child_is_stopped_at_the_timeout_and_named():
+    def hang_on_one(i):
+        if i == 1:
+            time.sleep(600)
+        return i
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"item 1 \(1\) ran past the timeout of 2 s"):
+        map_in_processes(hang_on_one, [0, 1, 2], processes=2, progress=False, timeout=2)
+    assert time.monotonic() - start < 30
+    assert map_in_processes(hang_on_one, [0, 2], processes=2, progress=False, timeout=60) == [0, 2]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(bad):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        map_in_processes(abs, [1, 2], progress=False, timeout=bad)
 
 
 def test_the_serial_path_sets_the_thread_count_and_restores_it():

@@ -32,6 +32,7 @@ import argparse
 import ast
 import copy
 import csv
+import io
 import os
 import re
 import sys
@@ -107,14 +108,22 @@ def graded_cells(nb) -> dict[str, tuple[int, float]]:
 
 
 def restore_graded_cells(submission, source):
-    """Put the instructor's graded cells (with hidden tests) back into a submission, by grade_id."""
+    """Put the instructor's graded cells (with hidden tests) back into a submission, by grade_id.
+
+    The first cell with a grade_id becomes the instructor's; a copy of it further down (a
+    duplicated graded cell) loses its grade markup, so each grade_id is scored once.
+    Returns ``(submission, missing grade_ids)``.
+    """
     src = {gid: source.cells[i] for gid, (i, _) in graded_cells(source).items()}
+    seen: set[str] = set()
     for j, cell in enumerate(submission.cells):
         gid = _nbg(cell).get("grade_id")
-        if gid in src:
+        if gid in src and gid not in seen:
             submission.cells[j] = copy.deepcopy(src[gid])
-    present = {_nbg(c).get("grade_id") for c in submission.cells}
-    missing = [gid for gid in src if gid not in present]
+            seen.add(gid)
+        elif gid in seen:
+            cell.metadata.pop("nbgrader", None)
+    missing = [gid for gid in src if gid not in seen]
     return submission, missing
 
 
@@ -262,22 +271,51 @@ def _error_message(cell) -> str:
 
 
 def grade_notebook(path: Path, source_nb, *, timeout: int = 600) -> list[dict]:
-    """Execute one submission (graded cells restored) and score each graded cell."""
+    """Execute one submission (graded cells restored) and score each graded cell once.
+
+    A cell past ``timeout`` (an endless loop) is interrupted and the notebook goes on, so the
+    graded cells after it are still scored. A kernel that dies scores what it had not reached 0.
+    """
     from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     nb, missing = restore_graded_cells(nb, source_nb)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+    died = ""
+    try:
+        NotebookClient(nb, timeout=timeout, interrupt_on_timeout=True, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+    except DeadKernelError as err:
+        died = f"the kernel died ({str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
     rows = []
     points = graded_cells(source_nb)
     for cell in nb.cells:
         gid = _nbg(cell).get("grade_id")
         if gid in points and _nbg(cell).get("grade"):
-            err = _error_message(cell)
-            rows.append({"grade_id": gid, "points": 0.0 if err else points[gid][1], "max_points": points[gid][1], "message": err})
-    rows += [{"grade_id": gid, "points": 0.0, "max_points": points[gid][1], "message": "graded cell deleted"} for gid in missing]
+            ran = cell.get("execution_count") is not None
+            err = _error_message(cell) or ("" if ran else died or "not executed")
+            rows.append({"grade_id": gid, "points": 0.0 if err else points[gid][1], "max_points": points[gid][1],
+                         "message": err})
+    rows += [{"grade_id": gid, "points": 0.0, "max_points": points[gid][1], "message": "graded cell deleted"}
+             for gid in missing]
     return rows
+
+
+def match_submission(nb, sources: dict) -> str | None:
+    """The instructor notebook a submission answers: the one sharing the most grade ids with it.
+
+    A copy saved as ``name (1).ipynb`` or renamed keeps its cells' grade ids, so it still
+    finds its notebook. ``None`` when it shares none.
+    """
+    ids = {_nbg(c).get("grade_id") for c in nb.cells} - {None}
+    shared = {name: len(ids & set(graded_cells(src))) for name, src in sources.items()}
+    best = max(shared, key=shared.get, default=None)
+    return best if best is not None and shared[best] > 0 else None
+
+
+def _zero_rows(source_nb, message: str) -> list[dict]:
+    return [{"grade_id": gid, "points": 0.0, "max_points": pts, "message": message}
+            for gid, (_, pts) in graded_cells(source_nb).items()]
 
 
 def cmd_release(args) -> int:
@@ -298,8 +336,10 @@ def cmd_table(args) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if args.update:
+        from reidlab.files import atomic_write_text
+
         path = Path(args.update)
-        path.write_text(replace_table(path.read_text(), table))
+        atomic_write_text(path, replace_table(path.read_text(), table))  # a full disk keeps the old guide whole
         print(f"updated the exercise table in {path}")
     else:
         print(table)
@@ -307,23 +347,87 @@ def cmd_table(args) -> int:
 
 
 def cmd_grade(args) -> int:
+    """Grade every student folder; a row for every student, 0 with the reason where nothing could be graded.
+
+    Everything is read before anything runs: the instructor notebooks, then every submission
+    (its bytes), so a submission that deletes files cannot change what the others are graded
+    against. Each submission then runs on a copy in a temporary folder of its own. Exits 1
+    when any student or notebook could not be graded as handed in (the CSV says why).
+    """
+    import shutil
+    import tempfile
+
+    from reidlab.files import atomic_write_text
+
     subs, source_dir = Path(args.submissions), Path(args.source)
     if not subs.is_dir():
         raise SystemExit(f"no submissions folder {subs} (expected {subs}/<student>/<notebook>.ipynb)")
-    rows = []
+    sources = {}
+    for p in sorted(source_dir.glob("*.ipynb")):
+        try:
+            nb = nbformat.read(p, as_version=4)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"cannot read the instructor notebook {p}: {err}") from None
+        if graded_cells(nb):
+            sources[p.name] = nb
+    if not sources:
+        raise SystemExit(f"no instructor notebook with graded cells in {source_dir}")
+
+    plan: list[tuple[str, str, bytes | None, str]] = []  # (student, notebook, submission bytes, problem)
+    problems = 0
     for student_dir in sorted(d for d in subs.iterdir() if d.is_dir()):
-        for path in sorted(student_dir.glob("*.ipynb")):
-            src_path = source_dir / path.name
-            if not src_path.exists():
-                print(f"skipping {path}: no instructor notebook {src_path}", file=sys.stderr)
+        student, found = student_dir.name, {}
+        files = sorted(p for p in student_dir.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        for path in files:
+            data = path.read_bytes()
+            try:
+                nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+            except (UnicodeDecodeError, ValueError) as err:  # empty, truncated, not a notebook
+                name = path.name if path.name in sources else None
+                reason = f"{path.name} is not a readable notebook ({str(err).splitlines()[0][:120] or 'empty'})"
+                plan.append((student, name or path.name, None, reason))
+                problems += 1
                 continue
-            for row in grade_notebook(path, nbformat.read(src_path, as_version=4), timeout=args.timeout):
-                rows.append({"student": student_dir.name, "notebook": path.name, **row})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["student", "notebook", "grade_id", "points", "max_points", "message"])
-        w.writeheader()
-        w.writerows(rows)
+            name = path.name if path.name in sources else match_submission(nb, sources)
+            if name is None:
+                print(f"{student}: {path.name} answers none of the notebooks in {source_dir}; not graded",
+                      file=sys.stderr)
+                problems += 1
+            elif name in found:
+                print(f"{student}: {path.name} is a second submission for {name}; grading {found[name][0]}",
+                      file=sys.stderr)
+                problems += 1
+            else:
+                found[name] = (path.name, data)
+        for name, (_, data) in sorted(found.items()):
+            plan.append((student, name, data, ""))
+        if not any(s == student for s, *_ in plan):
+            plan.append((student, "", None, "no notebook to grade in this folder"))
+            problems += 1
+
+    rows = []
+    for k, (student, name, data, problem) in enumerate(plan, 1):
+        print(f"[{k}/{len(plan)}] {student} {name}".rstrip(), flush=True)
+        if data is None:
+            graded = _zero_rows(sources[name], problem) if name in sources else [
+                {"grade_id": "", "points": 0.0, "max_points": 0.0, "message": problem}]
+        else:
+            with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+                copy_path = Path(tmp) / name
+                copy_path.write_bytes(data)
+                try:
+                    graded = grade_notebook(copy_path, sources[name], timeout=args.timeout)
+                except Exception as err:  # noqa: BLE001 - this submission scores 0 with the reason; the others go on
+                    graded = _zero_rows(sources[name], f"could not be graded: {type(err).__name__}: {err}"[:300])
+                    problems += 1
+                shutil.rmtree(tmp, ignore_errors=True)
+        rows += [{"student": student, "notebook": name, **row} for row in graded]
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["student", "notebook", "grade_id", "points", "max_points", "message"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(args.out, buf.getvalue())
     totals: dict[str, list[float]] = {}
     for r in rows:
         t = totals.setdefault(r["student"], [0.0, 0.0])
@@ -331,8 +435,8 @@ def cmd_grade(args) -> int:
         t[1] += r["max_points"]
     for student, (got, best) in totals.items():
         print(f"{student}: {got:g} / {best:g}")
-    print(f"wrote {args.out}")
-    return 0
+    print(f"wrote {args.out}" + (f"; {problems} submission problem(s), see the messages" if problems else ""))
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,29 @@ import nbformat
 KERNEL = "python3"
 
 
+def write_notebook(nb, out: Path) -> None:
+    """Write ``nb`` to ``out`` through the project's atomic writer: a full disk or a kill
+    leaves the previous file whole, never truncated JSON."""
+    from reidlab.files import atomic_write_text
+
+    text = nbformat.writes(nb)
+    atomic_write_text(out, text if text.endswith("\n") else text + "\n")
+
+
 def execute(path: Path, out: Path, *, profile: str | None, timeout: int) -> tuple[bool, float, str]:
-    """Execute ``path`` top to bottom in a fresh kernel (cwd = its folder) and write ``out``."""
+    """Execute ``path`` top to bottom in a fresh kernel (cwd = its folder) and write ``out``.
+
+    Returns ``(ok, seconds, reason)``. A notebook that cannot be read, a failing cell, a cell
+    past ``timeout`` and a dead kernel are reported (``ok`` False, the reason in one line), so
+    that the notebooks after it still run. What did execute is written, failed cells included.
+    """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as err:  # missing, unreadable, not JSON, not a notebook
+        return False, 0.0, f"cannot read {path}: {err}".splitlines()[0][:200]
     if profile:
         os.environ["REIDLAB_PROFILE"] = profile
     client = NotebookClient(
@@ -52,9 +69,10 @@ def execute(path: Path, out: Path, *, profile: str | None, timeout: int) -> tupl
         client.execute()
     except CellExecutionError as e:
         ok, err = False, str(e).strip().splitlines()[-1][:200]
+    except Exception as e:  # noqa: BLE001 - a cell timeout, a dead kernel: this notebook fails, the others run
+        ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
     seconds = time.perf_counter() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out)
+    write_notebook(nb, out)
     return ok, seconds, err
 
 
@@ -176,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "export":
         Path(args.out).write_text(to_percent(nbformat.read(args.notebook, as_version=4)))
         return 0
-    nbformat.write(from_percent(Path(args.src).read_text()), args.out)
+    write_notebook(from_percent(Path(args.src).read_text()), Path(args.out))
     return 0
 
 

@@ -8,9 +8,9 @@
 # **Runtime.** ci: ~N s, laptop: ~N min on 2 CPU cores; gpu: ~N s.
 
 # %%
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # noqa: F401 - what most notebooks use
 import torch
-from torch import nn
+from torch import nn  # noqa: F401
 
 from reidlab.lessons import setup
 # from reidlab.lessons.checks import nbNN as checks   # this notebook's checkers, reidlab/lessons/checks/nbNN.py

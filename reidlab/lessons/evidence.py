@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 import reidlab
 from ..cache import load_or_train
-from ..data.datasets import ReIDDataset, load_reid_dataset
-from ..data.layout import camstyle_name
+from ..data.datasets import ReIDDataset
 from ..data.loaders import ImageDataset, make_loader
 from ..data.synth import GENERATOR_VERSION
 from ..data.transforms import build_test_transform

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import multiprocessing as mp
 import pickle
 import sys
+import time
 import traceback
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -77,6 +79,7 @@ def map_in_processes(
     threads: int = 1,
     desc: str | None = None,
     progress: bool = True,
+    timeout: float | None = None,
 ) -> list[Any]:
     """``[fn(item) for item in items]``, up to ``processes`` calls at once, ``threads`` torch threads each.
 
@@ -93,14 +96,21 @@ def map_in_processes(
         Torch threads per call, in a child and in the serial fallback alike.
     desc, progress:
         A progress bar over finished calls.
+    timeout:
+        Seconds a child may take for its call (``None``: no limit). A child past it is stopped
+        and reported like a failed call, instead of being waited for forever. The serial path
+        (``processes=1``) runs in this process and cannot be stopped: it ignores ``timeout``.
 
     Returns the results in the order of ``items``. Raises ``ValueError`` for ``processes`` or
-    ``threads`` below 1, and ``RuntimeError`` (the child's traceback in its message) when a call
-    raises or a child dies without a result.
+    ``threads`` below 1 or a ``timeout`` that is not a positive number, and ``RuntimeError`` (the
+    child's traceback in its message) when a call raises, a child dies without a result or runs
+    past ``timeout``.
     """
     items = list(items)
     if processes < 1 or threads < 1:
         raise ValueError(f"processes and threads must be >= 1, got processes={processes}, threads={threads}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     bar = tqdm(total=len(items), desc=desc, disable=not progress)
     with contextlib.closing(bar):
         if processes == 1 or len(items) < 2 or not can_fork():
@@ -108,7 +118,7 @@ def map_in_processes(
         ctx = mp.get_context("fork")
         results: list[Any] = [None] * len(items)
         printed: list[str] = [""] * len(items)
-        running: dict[Any, tuple[int, Any]] = {}  # connection -> (index, process)
+        running: dict[Any, tuple[int, Any, float]] = {}  # connection -> (index, process, deadline)
         todo = iter(range(len(items)))
         try:
             while True:
@@ -117,11 +127,20 @@ def map_in_processes(
                     proc = ctx.Process(target=_child, args=(send, fn, items[i], threads))
                     proc.start()
                     send.close()
-                    running[recv] = (i, proc)
+                    running[recv] = (i, proc, time.monotonic() + (timeout or math.inf))
                 if not running:
                     break
-                for conn in wait(list(running)):
-                    i, proc = running.pop(conn)
+                # A child that has not answered by its deadline is stopped and reported.
+                first = min(deadline for _, _, deadline in running.values())
+                ready = wait(list(running), timeout=None if first == math.inf else max(0.0, first - time.monotonic()))
+                if not ready:
+                    late = [i for i, _, deadline in running.values() if deadline <= time.monotonic()]
+                    if late:  # the finally below stops it and the others
+                        raise RuntimeError(f"the process computing item {late[0]} ({items[late[0]]!r}) ran past "
+                                           f"the timeout of {timeout:g} s and was stopped")
+                    continue
+                for conn in ready:
+                    i, proc, _ = running.pop(conn)
                     try:
                         ok, value, text = pickle.loads(conn.recv_bytes())
                     except EOFError:
@@ -138,7 +157,7 @@ def map_in_processes(
                     results[i], printed[i] = value, text
                     bar.update(1)
         finally:
-            for conn, (_, proc) in running.items():  # after an error: stop the others
+            for conn, (_, proc, _) in running.items():  # after an error or a timeout: stop the others
                 proc.terminate()
                 proc.join()
                 conn.close()

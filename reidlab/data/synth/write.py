@@ -146,7 +146,7 @@ def _plan(dom: Domain, sc: Scale, seed: int) -> tuple[_Plan, dict[str, np.ndarra
     split, pid, ident, cam, kind = [], [], [], [], []
 
     def add(s, p, i, c, k, n):
-        split.extend([s] * n); pid.extend([p] * n); ident.extend([i] * n); cam.extend([c] * n); kind.extend([k] * n)
+        split.extend([s] * n); pid.extend([p] * n); ident.extend([i] * n); cam.extend([c] * n); kind.extend([k] * n)  # noqa: E702
 
     # training identities: exact total image count
     subsets = _cams_per_id(rng, sc.train_ids, C, None, sc.train_images)
