@@ -354,7 +354,6 @@ def cmd_grade(args) -> int:
     against. Each submission then runs on a copy in a temporary folder of its own. Exits 1
     when any student or notebook could not be graded as handed in (the CSV says why).
     """
-    import shutil
     import tempfile
 
     from reidlab.files import atomic_write_text
@@ -412,7 +411,8 @@ def cmd_grade(args) -> int:
             graded = _zero_rows(sources[name], problem) if name in sources else [
                 {"grade_id": "", "points": 0.0, "max_points": 0.0, "message": problem}]
         else:
-            with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+            # a folder of its own, removed afterwards whatever the submission did to it
+            with tempfile.TemporaryDirectory(prefix="grade-", ignore_cleanup_errors=True) as tmp:
                 copy_path = Path(tmp) / name
                 copy_path.write_bytes(data)
                 try:
@@ -420,7 +420,6 @@ def cmd_grade(args) -> int:
                 except Exception as err:  # noqa: BLE001 - this submission scores 0 with the reason; the others go on
                     graded = _zero_rows(sources[name], f"could not be graded: {type(err).__name__}: {err}"[:300])
                     problems += 1
-                shutil.rmtree(tmp, ignore_errors=True)
         rows += [{"student": student, "notebook": name, **row} for row in graded]
 
     buf = io.StringIO()
