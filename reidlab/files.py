@@ -77,10 +77,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a failed write as RuntimeError("... unexpected pos ...") with the
+        # OSError only in its context: look along the chain for the disk being full.
+        cause: BaseException | None = err
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
             full = DiskFullError(f"disk full while writing {path}; the previous version is kept")
-            full.errno = err.errno
+            full.errno = cause.errno
             raise full from None
         raise
     finally:

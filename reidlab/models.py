@@ -392,6 +392,7 @@ def load_matching(
     model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *, strict_shapes: bool = False
 ) -> LoadReport:
     """:meth:`ReIDNet.load_param` for any model whose backbone lives under ``base`` (see there)."""
+    path = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -404,6 +405,8 @@ def load_matching(
         if isinstance(source, Mapping) and "state_dict" in source and isinstance(source["state_dict"], Mapping):
             source = source["state_dict"]
     if not isinstance(source, Mapping):
+        if path is not None:  # a file with the wrong content: its path and what it holds (one line in the CLI)
+            raise ValueError(f"{path} holds a {type(source).__name__}, not a state_dict (a mapping of tensors)")
         raise TypeError(f"load_param expects a state_dict (a mapping of tensors), got {type(source).__name__}")
     own = model.state_dict()
     report = LoadReport()

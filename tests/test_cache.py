@@ -1,6 +1,11 @@
+import errno
+import io
+
+import pytest
 import torch
 
-from reidlab.files import atomic_save
+import reidlab.files
+from reidlab.files import DiskFullError, atomic_save
 from reidlab.cache import cache_path, load_or_train
 
 
@@ -33,3 +38,32 @@ def test_changed_key_or_retrain_trains_again(tmp_path):
 def test_atomic_save_leaves_no_temporary_files(tmp_path):
     atomic_save({"a": torch.ones(2)}, tmp_path / "sub" / "f.pt")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.pt"]
+
+
+def test_a_disk_that_fills_during_torch_save_is_named_and_the_old_file_kept(tmp_path, monkeypatch):
+    """torch.save turns the failed write into RuntimeError('unexpected pos ...'): still 'disk full'."""
+    target = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 0}, target)
+    real_fdopen = reidlab.files.os.fdopen
+
+    class Fills(io.RawIOBase):
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(b)
+
+        def close(self):
+            self.fh.close()
+
+    monkeypatch.setattr(reidlab.files.os, "fdopen", lambda fd, mode: Fills(real_fdopen(fd, mode)))
+    with pytest.raises(DiskFullError, match=f"disk full while writing {target}"):
+        atomic_save({"epoch": 1, "weights": torch.randn(10_000)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 0} and list(tmp_path.iterdir()) == [target]

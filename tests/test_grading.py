@@ -6,6 +6,7 @@ costs one kernel start; the real notebooks are graded in tests/test_assign.py.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 from pathlib import Path
@@ -77,7 +78,9 @@ def _write(subs: Path, student: str, nb, name: str = "tiny.ipynb") -> None:
 def test_a_duplicated_graded_cell_is_scored_once(course, tmp_path):
     source, subs = course
     nb = solved()
-    nb.cells += [nb.cells[2], nb.cells[2]]  # the 2-point graded cell pasted twice more
+    for copy_id in ("copy-1", "copy-2"):  # the 2-point graded cell pasted twice more
+        nb.cells.append(copy.deepcopy(nb.cells[2]))
+        nb.cells[-1].id = copy_id
     _write(subs, "dup", nb)
     code, totals = _grade(source, subs, tmp_path / "g.csv")
     assert code == 0 and totals["dup"][:2] == [3.0, 3.0]

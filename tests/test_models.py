@@ -170,6 +170,10 @@ def test_pretrained_from_a_local_file(tmp_path):
         if not k.startswith("fc."):
             assert torch.equal(model.base.state_dict()[k], v), k
     assert not model.base.conv1.weight.requires_grad  # freezing still applied after loading
+    for name, content in (("tensor.pth", torch.ones(3)), ("list.pth", [torch.ones(3)])):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{tmp_path / name} holds a {type(content).__name__}, not a state_dict"):
+            ReIDNet(5, "resnet18", pretrained=tmp_path / name, num_features=0)
     bad = tmp_path / "other.pth"
     torch.save({"something": torch.ones(2)}, bad)
     with pytest.raises(ValueError, match="holds no tensor"):
