@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import reidlab.files
 from reidlab.ecn import ECNConfig, load_checkpoint, main, train_ecn, train_source
+from reidlab.ecn.pretrain import state_digest
 from reidlab.ecn.rundir import run_lock
 from reidlab.cache import cache_path, load_or_train
 from reidlab.memory import InvarianceLoss
@@ -70,6 +71,51 @@ def test_no_resume_with_a_typo_keeps_the_finished_run(worlds, finished, tmp_path
     aside = [p for p in out.iterdir() if p.name.startswith("replaced-")]
     assert len(aside) == 1 and _files(aside[0]) == before
     assert "note: the previous run" in proc.stderr and len(json.loads((out / "history.json").read_text())) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pretrained", "BAD"], "holds a Tensor"),  # the file is only read when the model is built
+    (["--knn", "1000"], "knn must be in"),       # the memory checks k against its number of slots
+])
+def test_no_resume_checks_the_weights_and_the_memory_before_moving_the_old_run(worlds, finished, tmp_path,
+                                                                               extra, message):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = _files(out)
+    if "BAD" in extra:
+        torch.save(torch.zeros(3), tmp_path / "bad.pt")
+        extra = ["--pretrained", str(tmp_path / "bad.pt")]
+    proc = run_cli(*_args(worlds, out, "--no-resume", *extra))
+    assert message in _error(proc)
+    assert _files(out) == before and not any(p.name.startswith("replaced-") for p in out.iterdir())
+
+
+def _weights_file(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    torch.save(ReIDNet(3, "resnet18").base.state_dict(), path)
+    return path
+
+
+def test_config_and_checkpoint_name_the_backbone_the_run_started_from(worlds, tmp_path):
+    weights = _weights_file(tmp_path / "backbone.pt", seed=1)
+    started = state_digest(torch.load(weights, weights_only=True))
+    out, cfg = tmp_path / "run", ECNConfig.from_profile(
+        "ci", source=worlds["source"], target=worlds["target"], **{**SMALL, "pretrained": str(weights)})
+
+    def kill(epoch, *_):
+        raise KeyboardInterrupt  # the run dies after its first checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ecn(cfg, out, progress=False, callback=kill)
+    assert json.loads((out / "config.json").read_text())["backbone_digest"] == started
+    assert load_checkpoint(out / "checkpoint.pt")["backbone_digest"] == started
+    # the weights file changes (a cache rebuilt elsewhere); the resumed run still names where it started
+    _weights_file(weights, seed=2)
+    assert state_digest(torch.load(weights, weights_only=True)) != started
+    res = train_ecn(cfg, out, progress=False)
+    assert res.backbone_digest == started == load_checkpoint(out / "checkpoint.pt")["backbone_digest"]
+    record = json.loads((out / "config.json").read_text())
+    assert record["backbone_digest"] == started and ECNConfig.from_dict(record) == cfg
 
 
 def test_an_empty_out_is_refused(worlds, tmp_path):

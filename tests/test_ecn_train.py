@@ -82,7 +82,9 @@ def test_cli_trains_and_writes_logs(cli_run, capsys):
     # a finished run is returned as is, with its one-line summary
     capsys.readouterr()
     assert main(["--source", str(Path(config.source)), "--target", config.target, "--out", str(cli_run), *CLI_SMALL]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr()
+    out = printed.out.strip().splitlines()
+    assert "nothing was trained or evaluated, the numbers are its checkpoint's" in printed.err
     assert len(out) == 1 and f"target rank-1 {100 * metrics['rank1']:.1f}%" in out[0] and "after 3 epochs" in out[0]
     assert f"trapezoid rule, ECN's: {100 * metrics['mAP_trapezoid']:.1f}%" in out[0]
 
@@ -109,6 +111,23 @@ def test_killed_run_resumes_with_identical_results(worlds, cli_run, tmp_path):
     assert torch.equal(a["criterion"]["memory"], b["criterion"]["memory"])
     # the learning rate decays at round(40/60 * 3) = 2, as configured for the 3-epoch run
     assert [r["lr"] for r in b["history"]] == pytest.approx([0.1, 0.1, 0.01])
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(worlds, cli_run, tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    ckpt = load_checkpoint(cli_run / "checkpoint.pt")
+    assert ckpt["config"]["control"] == "none"  # the default: the run has no negative control
+    del ckpt["config"]["control"]  # as a checkpoint written before `control` was added
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert config_differences(ckpt["config"], ECNConfig.from_dict(load_checkpoint(cli_run / "checkpoint.pt")["config"])) == []
+    base = ["--source", worlds["source"], "--target", worlds["target"], "--out", str(out), *CLI_SMALL]
+    capsys.readouterr()
+    assert main(base) == 0  # resumed: the finished run is returned
+    assert "after 3 epochs" in capsys.readouterr().out
+    # a value other than the default is a real difference, named
+    assert main([*base, "--control", "random-neighbours"]) == 2
+    assert "control ('none' in the checkpoint, 'random-neighbours' now)" in capsys.readouterr().err
 
 
 def test_mismatched_checkpoint(worlds, cli_run, tmp_path, capsys):

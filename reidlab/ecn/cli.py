@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = result.metrics
     rule = f" (Market-1501's trapezoid rule, ECN's: {_pct(m['mAP_trapezoid'])})" if "mAP_trapezoid" in m else ""
     src = f"; source rank-1 {_pct(m['source_rank1'])} mAP {_pct(m['source_mAP'])}" if "source_rank1" in m else ""
+    if result.already_finished:  # the data may have changed since: say these are the checkpoint's numbers
+        print(f"note: {args.out} holds this run finished: nothing was trained or evaluated, the numbers are its "
+              "checkpoint's (--no-resume trains it again)", file=sys.stderr)
     print(
         f"ECN {config.invariance} {config.source} -> {config.target}: target rank-1 {_pct(m['rank1'])} "
         f"mAP {_pct(m['mAP'])}{rule} after {len(result.history)} epochs{src} ({args.out})"

@@ -46,6 +46,7 @@ __all__ = [
     "RESUME_FREE_KEYS",
     "PROFILE_KEYS",
     "DERIVED_KEYS",
+    "RECORDED_KEYS",
     "scaled_schedule",
     "ECN_IMAGES_PER_PERSON",
     "images_per_person",
@@ -96,6 +97,9 @@ RESUME_FREE_KEYS: frozenset[str] = frozenset(
 
 #: Values computed from the settings that ``config.json`` also records, for a reader.
 DERIVED_KEYS: tuple[str, ...] = ("batch_per_process", "decay_epoch", "knn_epoch")
+#: What ``config.json`` holds beside the settings: :data:`DERIVED_KEYS` and the digest of the backbone
+#: the run started from (:func:`reidlab.ecn.pretrain.state_digest`); :meth:`ECNConfig.from_dict` skips them.
+RECORDED_KEYS: tuple[str, ...] = (*DERIVED_KEYS, "backbone_digest")
 
 #: The settings a profile (``ci`` / ``laptop`` / ``long`` / ``gpu``, :mod:`reidlab.profiles`) decides.
 PROFILE_KEYS: tuple[str, ...] = (
@@ -304,8 +308,9 @@ class ECNConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ECNConfig:
-        """Inverse of :meth:`to_dict` (also reads ``config.json``); unknown keys raise ``ValueError``."""
-        data = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+        """Inverse of :meth:`to_dict` (also reads ``config.json``, skipping :data:`RECORDED_KEYS`);
+        unknown keys raise ``ValueError``."""
+        data = {k: v for k, v in data.items() if k not in RECORDED_KEYS}
         _check_names(data)
         return cls(**data)
 

@@ -36,7 +36,7 @@ from ..runtime import resolve_device, seed_everything
 from ..syncbn import convert_sync_bn
 from .config import ECNConfig, knn_warning
 from .loop import ECNForward, ecn_epoch, make_optimizer
-from .pretrain import SYNTHETIC, synthetic_weights
+from .pretrain import SYNTHETIC, state_digest, synthetic_weights
 from .rundir import (
     check_out_dir,
     check_resumable,
@@ -81,6 +81,9 @@ class ECNParts:
     true_ids: torch.Tensor  # hidden true identity of each target training image (measuring only)
     forward: nn.Module | None = None  # several processes: the DDP-wrapped ECNForward; None: one process
     rank: int = 0  # this process's rank (0 in a single process)
+    #: :func:`reidlab.ecn.pretrain.state_digest` of the backbone the run started from (before any step);
+    #: a resumed run keeps its checkpoint's, so the record names the start even if the cache was rebuilt
+    backbone_digest: str | None = None
 
 
 @dataclass
@@ -105,6 +108,8 @@ class ECNResult:
     criterion: nn.Module | None
     out_dir: Path | None = None
     distmat: np.ndarray | None = None
+    backbone_digest: str | None = None  # the start's weights (ECNParts.backbone_digest); None for an old checkpoint
+    already_finished: bool = False  # the run folder held it finished: loaded, nothing trained or evaluated
 
 
 EpochCallback = Callable[[int, nn.Module, "nn.Module | None", dict], None]
@@ -197,6 +202,7 @@ def build_ecn(
             stacklevel=2,
         )
     model, criterion = _build_model(config, source.num_train_pids, len(target.train), dev)
+    digest = state_digest(model.base.state_dict())  # before any step: what the run starts from
     forward = _distribute(model, criterion, config, dev) if config.world_size > 1 else None
     optimizer = make_optimizer(
         model, lr_backbone=config.lr_backbone, lr_new=config.lr_new, momentum=config.momentum,
@@ -222,6 +228,7 @@ def build_ecn(
         query=loaders.query, gallery=loaders.gallery, source_query=src_q, source_gallery=src_g,
         device=dev, amp=bool(config.amp and dev.type == "cuda"),
         true_ids=torch.as_tensor(list(target.train_original_pids), dtype=torch.long), forward=forward, rank=rank,
+        backbone_digest=digest,
     )
 
 
@@ -392,7 +399,8 @@ def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResul
     model.eval()
     history, metrics = [dict(r) for r in ckpt["history"]], dict(ckpt["metrics"])
     write_logs(out, history, metrics)
-    return ECNResult(config=config, history=history, metrics=metrics, model=model, criterion=criterion, out_dir=out)
+    return ECNResult(config=config, history=history, metrics=metrics, model=model, criterion=criterion, out_dir=out,
+                     backbone_digest=ckpt.get("backbone_digest"), already_finished=True)
 
 
 def _train_epochs(
@@ -448,20 +456,25 @@ def _open_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo, stack:
 
 
 def _start_run(out: Path | None, config: ECNConfig, resume: bool, info: DistInfo):
-    """Load (or generate) the data; then, on rank 0, announce a kNN term that never starts, move an
-    old run aside and write config.json. The data comes first: nothing is replaced before it loads."""
+    """Load (or generate) the data and make sure the pretrained backbone exists (rank 0 first, so
+    that one process trains it); announce a kNN term that never starts."""
     domains = load_domains(config)
     if out is None or not resume or not (out / "checkpoint.pt").exists():
         pretrained_weights(config, _process_device(config, info))  # trained once here, not by every process
-    if info.is_main:
-        if (reason := knn_warning(config)) is not None:
-            warnings.warn(reason, UserWarning, stacklevel=3)
-        if out is None:
-            return domains
-        if not resume:
-            move_aside(out)
-        atomic_write_text(out / "config.json", json.dumps(config.to_dict(derived=True), indent=1) + "\n")
+    if info.is_main and (reason := knn_warning(config)) is not None:
+        warnings.warn(reason, UserWarning, stacklevel=3)
     return domains
+
+
+def _record_start(out: Path, config: ECNConfig, resume: bool, digest: str | None) -> None:
+    """Move an old run aside (``resume=False``) and write ``config.json``: the settings, the values
+    derived from them and the digest of the backbone the run started from. Called once the data has
+    loaded and the model and memory are built (so the pretrained file and ``knn`` were checked):
+    nothing is replaced before a run can start."""
+    if not resume:
+        move_aside(out)
+    record = {**config.to_dict(derived=True), "backbone_digest": digest}
+    atomic_write_text(out / "config.json", json.dumps(record, indent=1) + "\n")
 
 
 def _process_device(config: ECNConfig, info: DistInfo) -> torch.device:
@@ -496,7 +509,8 @@ def train_ecn(
         ``loss_src``, ``loss_tgt``, ``acc_src``, ``lr`` (new layers), ``knn_precision`` (of the
         memory against the target's true ids, which training never sees), ``seconds``
         (training time), ``rank1`` and ``mAP`` when evaluated), ``metrics.json`` (final test
-        metrics) and ``config.json``. A second run on the same folder is refused while one runs.
+        metrics) and ``config.json`` (the settings, the values derived from them and
+        ``backbone_digest``, the start's weights). A second run on the same folder is refused while one runs.
     resume:
         Continue from ``out_dir/checkpoint.pt`` when it exists (a finished run is returned
         without loading any data or training). Its settings must equal ``config`` except
@@ -539,9 +553,12 @@ def train_ecn(
             if ckpt is not None:
                 _restore(parts, ckpt, out / "checkpoint.pt", shapes)
                 history = [dict(r) for r in ckpt["history"]]
+                parts.backbone_digest = ckpt.get("backbone_digest")  # where the run started, not today's cache
+            if out is not None and info.is_main:
+                _record_start(out, config, resume, parts.backbone_digest)
             metrics, dist = _train_epochs(parts, config, out, history, shapes, progress, callback)
     parts.model.eval()
     return ECNResult(
         config=config, history=history, metrics=metrics, model=parts.model, criterion=parts.criterion, out_dir=out,
-        distmat=dist,
+        distmat=dist, backbone_digest=parts.backbone_digest,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -162,8 +163,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in dataclasses.fields(ECNConfig) if f.default is not dataclasses.MISSING}
+    return {**defaults, **saved}
+
+
 def config_differences(saved: Mapping[str, Any], config: ECNConfig) -> list[str]:
-    """The settings (outside :data:`reidlab.ecn.config.RESUME_FREE_KEYS`) in which ``saved`` and ``config`` differ."""
+    """The settings (outside :data:`reidlab.ecn.config.RESUME_FREE_KEYS`) in which ``saved`` and ``config`` differ.
+
+    A setting that ``saved`` lacks (a checkpoint written before the setting existed) counts as its
+    default, the value that keeps the old behaviour: adding a setting does not strand old runs.
+    """
+    saved = _with_defaults(saved)
     now = config.to_dict()
     keys = sorted((set(saved) | set(now)) - RESUME_FREE_KEYS)
     return [k for k in keys if saved.get(k, "<missing>") != now.get(k, "<missing>")]
@@ -173,8 +184,9 @@ def check_resumable(ckpt: Mapping[str, Any], config: ECNConfig, path: Path) -> N
     """``ValueError`` naming every setting in which the checkpoint's run and ``config`` differ."""
     diff = config_differences(ckpt["config"], config)
     if diff:
+        saved = _with_defaults(ckpt["config"])
         shown = ", ".join(
-            f"{k} ({ckpt['config'].get(k, '<missing>')!r} in the checkpoint, {getattr(config, k, '<missing>')!r} now)"
+            f"{k} ({saved.get(k, '<missing>')!r} in the checkpoint, {getattr(config, k, '<missing>')!r} now)"
             for k in diff
         )
         why = ""
@@ -208,7 +220,7 @@ def save_checkpoint(path: Path, parts: Any, config: ECNConfig, epoch: int, histo
             "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),
             "criterion": parts.criterion.state_dict() if parts.criterion is not None else {},
-            "history": history, "metrics": metrics,
+            "history": history, "metrics": metrics, "backbone_digest": parts.backbone_digest,
         },
         path,
     )
