@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from reidlab.cache import cache_path, load_or_train
 from reidlab.memory import InvarianceLoss
 from reidlab.models import ReIDNet
 
-from ecn_micro import CLI_SMALL, SMALL, make_worlds, run_cli
+from ecn_micro import CLI_SMALL, ROOT, SMALL, make_worlds, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,26 @@ def test_config_and_checkpoint_name_the_backbone_the_run_started_from(worlds, tm
     assert res.backbone_digest == started == load_checkpoint(out / "checkpoint.pt")["backbone_digest"]
     record = json.loads((out / "config.json").read_text())
     assert record["backbone_digest"] == started and ECNConfig.from_dict(record) == cfg
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(worlds, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "reidlab.ecn", *_args(worlds, out, "--epochs", "40")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # a scheduler's stop, or `kill`
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; rerun the same command to resume" in err and "Traceback" not in err
+    epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert 0 <= epoch < 39
+    done = run_cli(*_args(worlds, out, "--epochs", "40"))  # the same command resumes and finishes
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = load_checkpoint(out / "checkpoint.pt")["history"]
+    assert [r["epoch"] for r in history] == list(range(40))
 
 
 def test_an_empty_out_is_refused(worlds, tmp_path):

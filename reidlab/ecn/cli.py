@@ -12,7 +12,7 @@ shared out; ``--sync-bn`` synchronises the BN layers that train; only rank 0 wri
 Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input or a failing
 environment (missing data dir or dataset, unreadable image, mismatched checkpoint, bad setting,
 non-finite loss, an output folder in use or not writable, a full disk) with a one-line
-``error: ...`` on stderr; 130 when interrupted (rerun the same command to resume). Warnings
+``error: ...`` on stderr; 130 when interrupted by Ctrl-C or SIGTERM (rerun the same command to resume). Warnings
 come as ``warning: ...`` lines, notes (an old run moved aside) as ``note: ...``.
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -145,6 +147,28 @@ def _console(main_process: bool = True) -> Iterator[None]:
             logger.removeHandler(handler)
 
 
+@contextlib.contextmanager
+def _stop_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does: the last checkpoint stays, exit code 130, a rerun resumes.
+
+    SIGTERM is what a job scheduler, ``kill`` or torchrun (passing on its own stop to its workers)
+    sends; Python's default for it ends the process at once, with no message. Installed only in
+    the main thread (the only one that may set a handler), and the previous handler comes back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _release(err: BaseException) -> None:
     """Free what a failed run still holds, before the interpreter starts shutting down.
 
@@ -172,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         info = env_info()
-        with _console(info.is_main):
+        with _console(info.is_main), _stop_as_interrupt():
             config = config_from_args(args)
             if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
                 raise FileNotFoundError(f"data dir not found: {config.data_dir}")
