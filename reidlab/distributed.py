@@ -120,14 +120,34 @@ def leave_process_group() -> None:
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Every process's ``t`` concatenated along dim 0 in rank order (``t`` itself in a single process).
 
-    All processes must pass tensors of the same shape (equal batches: training loaders drop
-    their last incomplete batch). The result carries no gradient.
+    The processes' tensors may differ in length along dim 0 (an uneven last batch): the lengths
+    are gathered first, each tensor is padded to the longest for the collective, and the padding
+    is dropped again. The other dimensions must agree (``ValueError`` naming every process's
+    shape, raised on every process alike). The result carries no gradient.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=0)
+    if not 1 <= t.dim() <= _MAX_GATHER_DIMS:
+        raise ValueError(f"all_gather_cat takes tensors of 1 to {_MAX_GATHER_DIMS} dimensions, got shape {tuple(t.shape)}")
+    world = dist.get_world_size()
+    shape = torch.zeros(_MAX_GATHER_DIMS + 1, dtype=torch.long, device=t.device)
+    shape[0] = t.dim()
+    shape[1:1 + t.dim()] = torch.tensor(t.shape)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    dims = [tuple(s[1:1 + int(s[0])].tolist()) for s in shapes]
+    if any(d[1:] != dims[0][1:] for d in dims):
+        raise ValueError(f"all_gather_cat: the processes' tensors differ beyond dim 0: shapes by rank {dims}")
+    longest = max(d[0] for d in dims)
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[: t.shape[0]] = t.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: d[0]] for part, d in zip(parts, dims)], dim=0)
+
+
+#: The most dimensions :func:`all_gather_cat` takes (its shapes travel in one fixed-size tensor).
+_MAX_GATHER_DIMS = 8
 
 
 def barrier() -> None:

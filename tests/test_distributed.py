@@ -104,6 +104,25 @@ def test_the_memory_is_identical_on_every_process_and_equals_one_process_on_the_
     assert not torch.equal(m0[7], memory_update_(F.normalize(torch.ones(10, 4), dim=1), idx[3:], feats[3:], 0.03)[7])
 
 
+def _gather_rank(rank, world, out):
+    mine = torch.arange(3 - rank, dtype=torch.float32).view(-1, 1) + 10 * rank  # 3 rows on rank 0, 2 on rank 1
+    got = all_gather_cat(mine)
+    try:
+        all_gather_cat(torch.zeros(2, 1 + rank))
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    torch.save({"got": got, "refused": refused}, out / f"gather{rank}.pt")
+
+
+def test_gathering_unequal_batches_keeps_each_rows_and_other_shapes_are_refused_on_every_rank(tmp_path):
+    spawn(_gather_rank, tmp_path)
+    for rank in range(2):
+        res = torch.load(tmp_path / f"gather{rank}.pt")
+        assert res["got"].flatten().tolist() == [0.0, 1.0, 2.0, 10.0, 11.0]  # rank order, no padding left
+        assert "differ beyond dim 0" in res["refused"] and "(2, 1), (2, 2)" in res["refused"]
+
+
 # --- one DDP step with SyncBN = one step on the global batch -------------------------------------------
 
 
