@@ -1,6 +1,7 @@
 """The checkers' machinery (reidlab.lessons.checks): one module per notebook, every public
 ``check_*`` explicitly decorated with ``checker``, the "not attempted" explanation, nothing
-installed on import; and notebook 00's checker."""
+installed on import, ``forbid`` (the shortcuts an exercise rules out), every checker refusing an
+answer that only looks right; and notebook 00's checker."""
 import ast
 import importlib
 import inspect
@@ -11,10 +12,12 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import reidlab.lessons.checks as checks
+import reidlab.memory as memory
 from reidlab.lessons.checks import nb00
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,24 +38,43 @@ def stable(scores, t):
     return z.exp() / z.exp().sum(-1, keepdim=True)
 
 
+def stable_over(scores, dim):
+    z = scores - scores.max(dim, keepdim=True).values
+    return z.exp() / z.exp().sum(dim, keepdim=True)
+
+
 def test_correct_softmax_passes(capsys):
     nb00.check_softmax_temperature(stable)
-    assert "correct" in capsys.readouterr().out
+    nb00.check_softmax_temperature(lambda s, t: stable_over(s / t, -1))
+    assert capsys.readouterr().out.count("correct") == 2
 
 
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (lambda s, t: torch.softmax(s * t, -1), "temperature divides"),
-        (lambda s, t: torch.softmax(s / t, 0), "dim=-1"),
+        (lambda s, t: stable_over(s * t, -1), "temperature divides"),
+        (lambda s, t: stable_over(s / t, 0), "dim=-1"),
         (lambda s, t: (s / t).exp() / (s / t).exp().sum(-1, keepdim=True), "overflows"),
         (lambda s, t: None, "return"),
-        (lambda s, t: torch.softmax(s / t, -1)[:, :2], "shape"),
+        (lambda s, t: stable(s, t)[:, :2], "shape"),
+        (lambda s, t: torch.softmax(s / t, -1), "by hand, without `torch.softmax`"),
+        (lambda s, t: (s / t).softmax(-1), "by hand, without `Tensor.softmax`"),
+        (lambda s, t: torch.nn.functional.softmax(s / t, dim=-1), "without `torch.nn.functional.softmax`"),
+        (lambda s, t: torch.nn.Softmax(dim=-1)(s / t), "without `torch.nn.functional.softmax`"),
+        (lambda s, t: torch.log_softmax(s / t, -1).exp(), "without `torch.log_softmax`"),
     ],
 )
 def test_wrong_answers_get_a_specific_message(wrong, message):
     with pytest.raises(nb00.ExerciseError, match=message):
         nb00.check_softmax_temperature(wrong)
+
+
+def test_the_softmax_is_refused_only_while_the_answer_runs():
+    with pytest.raises(nb00.ExerciseError, match="row maximum|by hand"):
+        nb00.check_softmax_temperature(lambda s, t: torch.softmax(s / t, -1))
+    scores = torch.tensor([[1.0, 2.0]])
+    assert torch.allclose(torch.softmax(scores, -1), stable(scores, 1.0))
+    assert torch.allclose(scores.softmax(-1), torch.nn.functional.softmax(scores, -1))
 
 
 # --- one module per notebook, every checker decorated ----------------------------------------
@@ -161,7 +183,7 @@ def test_real_errors_pass_through_unchanged():
     with pytest.raises(ZeroDivisionError):
         nb00.check_softmax_temperature(lambda s, t: 1 / 0)
     with pytest.raises(checks.ExerciseError, match="temperature divides"):  # checker logic unchanged
-        nb00.check_softmax_temperature(lambda s, t: torch.softmax(s * t, -1))
+        nb00.check_softmax_temperature(lambda s, t: stable_over(s * t, -1))
 
 
 def test_the_decorator_explains_the_stub_and_leaves_the_function_as_it_was():
@@ -188,3 +210,118 @@ def test_the_decorator_explains_the_stub_and_leaves_the_function_as_it_was():
     assert decorated(stub, value=3) == 3
     with pytest.raises(NotImplementedError):
         check_new(stub)  # the plain function is untouched
+
+
+# --- forbid: the shortcuts an exercise rules out ---------------------------------------------
+
+
+def library_shortcut(x, *, twice=False):
+    """Stands for a library function that answers an exercise in one call."""
+    return 2 * x if twice else x + 1
+
+
+def test_forbid_refuses_the_shortcut_under_any_name_and_restores_it():
+    library = types.ModuleType("library")
+    library.shortcut = library_shortcut
+    bound_before = library.shortcut  # `from library import shortcut` in a notebook, before the check
+    with checks.forbid((library, "shortcut"), (torch.Tensor, "softmax"), why="add 1 yourself"):
+        for call in (lambda: library.shortcut(1), lambda: bound_before(1), lambda: torch.ones(2).softmax(0)):
+            with pytest.raises(checks.ExerciseError, match=r"^the exercise asks you to do this by hand, without "
+                                                          r"`(library\.shortcut|Tensor\.softmax)`: add 1 yourself$"):
+                call()
+        assert torch.exp(torch.zeros(1)).item() == 1.0  # everything else works
+    assert library.shortcut is library_shortcut and library_shortcut(1) == 2 and library_shortcut(2, twice=True) == 4
+    assert "softmax" not in vars(torch.Tensor) and torch.ones(2).softmax(0).sum().item() == 1.0
+
+
+def test_forbid_restores_after_an_error_and_reaches_through_decorators():
+    wrapped = memory.memory_update_  # decorated with torch.no_grad(): the function it wraps is refused
+    with pytest.raises(ZeroDivisionError):
+        with checks.forbid((memory, "memory_update_"), (torch, "softmax", "the softmax"), why="by hand"):
+            with pytest.raises(checks.ExerciseError, match="without `reidlab.memory.memory_update_`"):
+                wrapped(torch.zeros(2, 2), torch.tensor([0]), torch.ones(1, 2), 0.5)
+            with pytest.raises(checks.ExerciseError, match="without `the softmax`: by hand"):
+                torch.softmax(torch.ones(2), 0)
+            1 / 0
+    assert memory.memory_update_ is wrapped and torch.softmax(torch.zeros(2), 0).tolist() == [0.5, 0.5]
+    assert wrapped(torch.zeros(2, 2), torch.tensor([0]), torch.ones(1, 2), 0.0)[0].tolist() == pytest.approx([0.7071, 0.7071], abs=1e-4)
+
+
+# --- answers that only look right: every checker refuses them ---------------------------------
+
+
+class EqualToEverything:
+    """What a cheating answer returns: equal to anything, a plausible number, truthy, array- and sequence-like."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+    def __float__(self):
+        return 0.5
+
+    def __int__(self):
+        return 1
+
+    def __index__(self):
+        return 1
+
+    def __bool__(self):
+        return True
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(0.5)
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        if isinstance(index, int) and not -2 <= index < 2:
+            raise IndexError(index)
+        return self
+
+    def __iter__(self):
+        return iter((self, self))
+
+
+def _arity(check) -> int:
+    """How many positional arguments ``check`` passes to the learner's function (seen on a stub)."""
+    seen = []
+
+    def stub(*args):
+        seen.append(len(args))
+        raise NotImplementedError()
+
+    with pytest.raises(checks.ExerciseError):
+        check(stub)
+    return seen[0]
+
+
+def _answer(arity: int, body):
+    """A learner's function of exactly ``arity`` positional parameters that returns ``body(*args)``."""
+    params = ", ".join(f"a{i}" for i in range(arity))
+    namespace = {"body": body}
+    exec(f"def answer({params}):\n    return body({params})", namespace)
+    return namespace["answer"]
+
+
+CHEATS = {
+    "returns an object equal to everything": lambda *args: EqualToEverything(),
+    "returns a pair of such objects": lambda *args: (EqualToEverything(), EqualToEverything()),
+    "returns its first argument unchanged": lambda *args: args[0],
+    "does nothing": lambda *args: None,
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(CHEATS))
+@pytest.mark.parametrize("mod, name", CHECKERS, ids=[f"{m}.{n}" for m, n in CHECKERS])
+def test_every_checker_refuses_an_answer_that_only_looks_right(mod, name, cheat, capsys):
+    check = getattr(MODULES[mod], name)
+    answer = _answer(_arity(check), CHEATS[cheat])
+    with pytest.raises(checks.ExerciseError):
+        check(answer)
+    assert "correct" not in capsys.readouterr().out

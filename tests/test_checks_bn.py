@@ -24,10 +24,45 @@ def fold_ok(conv, bn):
     return folded
 
 
+def fold_new_conv(conv, bn):
+    """Also right: a new nn.Conv2d with the conv's settings, its parameters given outright."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                       dilation=conv.dilation, groups=conv.groups, bias=True)
+    b = conv.bias.detach() if conv.bias is not None else 0.0
+    folded.weight = nn.Parameter(conv.weight.detach() * scale[:, None, None, None])
+    folded.bias = nn.Parameter(scale * (b - bn.running_mean) + bn.bias.detach())
+    return folded
+
+
 def test_fold_bn_solutions_pass(capsys):
     checks.check_fold_bn(fold_ok)
-    checks.check_fold_bn(lambda conv, bn: fuse_conv_bn_eval(conv, bn))  # PyTorch's own fold
+    checks.check_fold_bn(fold_new_conv)
     assert capsys.readouterr().out.count("correct") == 2
+
+
+@pytest.mark.parametrize(
+    "shortcut, name",
+    [
+        (lambda conv, bn: fuse_conv_bn_eval(conv, bn), "fuse_conv_bn_eval"),  # bound before the check
+        (lambda conv, bn: torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn), "fuse_conv_bn_eval"),
+        (lambda conv, bn: torch.nn.utils.fuse_conv_bn_eval(conv, bn), "fuse_conv_bn_eval"),
+        (lambda conv, bn: _from_weights(conv, bn), "fuse_conv_bn_weights"),
+    ],
+)
+def test_fold_bn_refuses_pytorchs_own_fold(shortcut, name):
+    with pytest.raises(checks.ExerciseError, match=f"by hand, without `torch.nn.utils(.fusion)?.{name}`"):
+        checks.check_fold_bn(shortcut)
+    conv, bn = nn.Conv2d(2, 3, 1).eval(), nn.BatchNorm2d(3).eval()
+    assert isinstance(fuse_conv_bn_eval(conv, bn), nn.Conv2d)  # restored after the check
+
+
+def _from_weights(conv, bn):
+    folded = copy.deepcopy(conv)
+    w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                      bn.eps, bn.weight, bn.bias)
+    folded.weight, folded.bias = w, b
+    return folded
 
 
 def test_fold_bn_is_exact_on_a_resnet_block():
@@ -170,14 +205,36 @@ def _parts(x, eps):
     return std, (x - x.mean(0)) / std
 
 
-def grad_ok(g, x, gamma, eps):
+def staged_ok(g, x, gamma, eps):
+    """The notebook's solution: dvar, then dmean, then dx as the sum of the three paths."""
+    n = x.shape[0]
+    mu = x.mean(dim=0)
+    var = x.var(dim=0, unbiased=False)
+    inv_std = (var + eps) ** -0.5
+    dx_hat = g * gamma
+    dvar = (dx_hat * (x - mu) * -0.5 * inv_std**3).sum(dim=0)
+    dmean = (-dx_hat * inv_std).sum(dim=0) + dvar * (-2 * (x - mu)).mean(dim=0)
+    return dx_hat * inv_std + dvar * 2 * (x - mu) / n + dmean / n, dvar, dmean
+
+
+def compact_ok(g, x, gamma, eps):
+    """Also right: the stages of the derivation, then dx by the compact formula of section 7, keepdim shapes."""
     std, xhat = _parts(x, eps)
-    return gamma / std * (g - g.mean(0) - xhat * (g * xhat).mean(0))
+    dx_hat = g * gamma
+    dvar = (dx_hat * (x - x.mean(0))).sum(0, keepdim=True) * -0.5 / std**3
+    dmean = -dx_hat.sum(0, keepdim=True) / std
+    return gamma / std * (g - g.mean(0) - xhat * (g * xhat).mean(0)), dvar, dmean
 
 
 def test_bn_input_grad_solution_passes(capsys):
-    checks.check_bn_input_grad(grad_ok)
-    assert "correct" in capsys.readouterr().out
+    checks.check_bn_input_grad(staged_ok)
+    checks.check_bn_input_grad(compact_ok)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+def with_stages(dx_of):
+    """A learner's answer whose dvar and dmean are right and whose dx is ``dx_of(g, x, gamma, eps)``."""
+    return lambda g, x, gamma, eps: (dx_of(g, x, gamma, eps), *staged_ok(g, x, gamma, eps)[1:])
 
 
 def _no_stats(g, x, gamma, eps):
@@ -196,7 +253,7 @@ def _no_var_term(g, x, gamma, eps):
 
 
 def _no_gamma(g, x, gamma, eps):
-    return grad_ok(g, x, torch.ones_like(gamma), eps)
+    return staged_ok(g, x, torch.ones_like(gamma), eps)[0]
 
 
 def _unbiased(g, x, gamma, eps):
@@ -205,16 +262,48 @@ def _unbiased(g, x, gamma, eps):
     return gamma / std * (g - g.mean(0) - xhat * (g * xhat).mean(0))
 
 
+def _by_autograd(g, x, gamma, eps):
+    x = x.clone().requires_grad_(True)
+    y = gamma * (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps)
+    (dx,) = torch.autograd.grad(y, x, g)
+    return dx, *staged_ok(g, x.detach(), gamma, eps)[1:]
+
+
+def _by_backward(g, x, gamma, eps):
+    x = x.clone().requires_grad_(True)
+    (gamma * (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps)).backward(g)
+    return x.grad, *staged_ok(g, x.detach(), gamma, eps)[1:]
+
+
+def _dvar_mean(g, x, gamma, eps):
+    dx, dvar, dmean = staged_ok(g, x, gamma, eps)
+    return dx, dvar / x.shape[0], dmean
+
+
+def _dmean_direct_sign(g, x, gamma, eps):
+    dx, dvar, dmean = staged_ok(g, x, gamma, eps)
+    return dx, dvar, -dmean
+
+
 @pytest.mark.parametrize(
     "wrong, message",
     [
-        (_no_stats, "constants"),
-        (_no_mean_term, "-mean"),
-        (_no_var_term, "variance depends on every input"),
-        (_no_gamma, "multiply by gamma"),
-        (_unbiased, "biased variance"),
-        (lambda g, x, gamma, eps: grad_ok(g, x, gamma, eps)[:3], "shape"),
-        (lambda g, x, gamma, eps: grad_ok(g, x, gamma, eps) * 1.1, "off by"),
+        (with_stages(_no_stats), "constants"),
+        (with_stages(_no_mean_term), "-mean"),
+        (with_stages(_no_var_term), "variance depends on every input"),
+        (with_stages(_no_gamma), "multiply by gamma"),
+        (with_stages(_unbiased), "biased variance"),
+        (with_stages(lambda g, x, gamma, eps: staged_ok(g, x, gamma, eps)[0][:3]), "shape"),
+        (with_stages(lambda g, x, gamma, eps: staged_ok(g, x, gamma, eps)[0] * 1.1), "off by"),
+        (lambda g, x, gamma, eps: staged_ok(g, x, gamma, eps)[0], "not only dx"),  # dx alone: no stages
+        (lambda g, x, gamma, eps: compact_ok(g, x, gamma, eps)[0], "staged derivation"),  # section 7's formula
+        (_dvar_mean, "dvar is a sum over the batch"),
+        (lambda g, x, gamma, eps: (staged_ok(g, x, gamma, eps)[0], staged_ok(g, x, gamma, eps)[1] * 2,
+                                   staged_ok(g, x, gamma, eps)[2]), "dvar is off"),
+        (_dmean_direct_sign, "dmean is off"),
+        (lambda g, x, gamma, eps: (*staged_ok(g, x, gamma, eps)[:2], torch.zeros(2)), "dmean has shape"),
+        (_by_autograd, "by hand, without `torch.autograd.grad`"),
+        (_by_backward, "by hand, without `Tensor.backward`"),
     ],
 )
 def test_bn_input_grad_mistakes(wrong, message):

@@ -48,8 +48,16 @@ def step_solution(x, running_mean, running_var, momentum=0.1):
     return out[0], out[1]
 
 
+def step_by_var_mean(x, running_mean, running_var, momentum=0.1):
+    """Also right: both halves at once, as a (2, N/2, C, H, W) view, with torch.var_mean."""
+    var, mean = torch.var_mean(x.view(2, x.shape[0] // 2, *x.shape[1:]), dim=(1, 3, 4), correction=1)
+    running = [((1 - momentum) * running_mean + momentum * mean[d], (1 - momentum) * running_var + momentum * var[d])
+               for d in range(2)]
+    return running[0], running[1]
+
+
 def step_via_modules(x, running_mean, running_var, momentum=0.1):
-    """Also right: let two real BN layers (the branches) do it."""
+    """The number is right, but the exercise says: no BN module. Two real BN layers (the branches) do it."""
     half = x.shape[0] // 2
     result = []
     for part in (x[:half], x[half:]):
@@ -110,9 +118,44 @@ def test_step_solution_passes(capsys):
     assert "correct" in capsys.readouterr().out
 
 
-def test_step_via_bn_modules_passes_too(capsys):
-    checks.check_split_step_stats(step_via_modules)
+def test_step_by_var_mean_passes_too(capsys):
+    checks.check_split_step_stats(step_by_var_mean)
     assert "correct" in capsys.readouterr().out
+
+
+def step_via_dsbn(x, running_mean, running_var, momentum=0.1):
+    layer = DSBN2d(x.shape[1], momentum=momentum).train()
+    for bn in layer.bns:
+        bn.running_mean.copy_(running_mean)
+        bn.running_var.copy_(running_var)
+    with torch.no_grad():
+        layer(x)
+    return tuple((bn.running_mean, bn.running_var) for bn in layer.bns)
+
+
+def step_via_functional(x, running_mean, running_var, momentum=0.1):
+    half = x.shape[0] // 2
+    result = []
+    for part in (x[:half], x[half:]):
+        rm, rv = running_mean.clone(), running_var.clone()
+        F.batch_norm(part, rm, rv, training=True, momentum=momentum)
+        result.append((rm, rv))
+    return result
+
+
+@pytest.mark.parametrize(
+    "shortcut, message",
+    [
+        (step_via_modules, r"without `a BN module \(nn.BatchNorm2d, DSBN2d\)`"),
+        (step_via_dsbn, r"without `a BN module"),
+        (step_via_functional, "without `torch.nn.functional.batch_norm`"),
+    ],
+)
+def test_step_refuses_bn_modules_and_batch_norm(shortcut, message):
+    """Exercise 6.1: "computed by hand from x with tensor operations: no BN module and no F.batch_norm"."""
+    with pytest.raises(checks.ExerciseError, match=message):
+        checks.check_split_step_stats(shortcut)
+    assert len(step_via_modules(torch.randn(4, 2, 2, 2), torch.zeros(2), torch.ones(2))) == 2  # restored afterwards
 
 
 @pytest.mark.parametrize(

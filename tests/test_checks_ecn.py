@@ -2,6 +2,8 @@
 that names the mistake; and the checkers agree with the library (the memory update and the schedule)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -113,12 +115,30 @@ def schedule_right(epochs):
     return max(1, round(5 * epochs / 60)), max(1, round(40 * epochs / 60))
 
 
+def schedule_half_even(epochs):
+    """Also right: numpy rounds halves to even too, as Python's round() (and so the trainer) does."""
+    return tuple(max(1, int(np.round(e * epochs / 60))) for e in (5, 40))
+
+
+def schedule_half_up(epochs):
+    """Rounds halves up: agrees with the trainer except where 5/60 * epochs is a half (30, 54, 78, ... epochs)."""
+    return tuple(max(1, math.floor(e * epochs / 60 + 0.5)) for e in (5, 40))
+
+
 def test_schedule_right_answer_passes(capsys):
     checks.check_scaled_schedule(schedule_right)
-    assert "correct" in capsys.readouterr().out
+    checks.check_scaled_schedule(schedule_half_even)
+    assert capsys.readouterr().out.splitlines() == [
+        "correct: ECN's schedule scaled: kNN from round(5/60 * E) (at least 1), LR step at round(40/60 * E)"] * 2
 
 
-@pytest.mark.parametrize("epochs", [1, 2, 3, 10, 12, 24, 40, 60, 100])
+@pytest.mark.parametrize("epochs", [30, 54])
+def test_schedule_half_up_disagrees_with_the_trainer_where_the_checker_looks(epochs):
+    assert schedule_half_up(epochs) != (ECNConfig(epochs=epochs).knn_epoch, ECNConfig(epochs=epochs).decay_epoch)
+    assert schedule_right(epochs) == (ECNConfig(epochs=epochs).knn_epoch, ECNConfig(epochs=epochs).decay_epoch)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 10, 12, 24, 30, 40, 54, 60, 100])
 def test_schedule_the_exercise_asks_for_is_the_trainers(epochs):
     """The pair the exercise asks for (written out here, as a learner would) is what ECNConfig and train_source use."""
     assert schedule_right(epochs) == (ECNConfig(epochs=epochs).knn_epoch, ECNConfig(epochs=epochs).decay_epoch)
@@ -136,6 +156,9 @@ def test_schedule_the_exercise_asks_for_is_the_trainers(epochs):
         (lambda e: 5 * e / 60, "two numbers"),
         (lambda e: (5 * e / 60, 40 * e / 60), "whole"),
         (lambda e: None, "return"),
+        (schedule_half_up, r"for 30 epochs the kNN start, 5/60 \* 30 = 2.5, lies halfway.*tie to the even epoch \(2\)"),
+        (lambda e: schedule_half_up(e) if e == 54 else schedule_right(e), r"for 54 epochs .* = 4.5.*\(4\); rounding "
+                                                                          "halves up gives 5"),
     ],
 )
 def test_schedule_wrong_answers_named(wrong, message):

@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reidlab import bn as rbn
+from reidlab.bn import freeze_bn
 from reidlab.lessons.checks import ExerciseError, nb04, nb05
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,35 @@ def bn_forward_right(bn, x):
     return _affine(bn, x, mean, var)
 
 
+def bn_forward_functional(bn, x):
+    """Also right: F.batch_norm with PyTorch's own rule, buffers on copies so that nothing is updated."""
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    rm = None if use_batch else bn.running_mean.clone()
+    rv = None if use_batch else bn.running_var.clone()
+    return torch.nn.functional.batch_norm(x, rm, rv, bn.weight, bn.bias, use_batch, 0.0, bn.eps)
+
+
 def test_bn_forward_right_answer_passes(capsys):
     nb04.check_bn_forward(bn_forward_right)
-    assert "correct" in capsys.readouterr().out
+    nb04.check_bn_forward(bn_forward_functional)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+def bn_forward_by_flag(bn, x):
+    """Right for a layer built tracked or untracked, wrong for one whose flag was flipped afterwards."""
+    return _affine(bn, x, *_stats(bn, x, bn.training or not bn.track_running_stats))
+
+
+def test_pytorch_decides_by_the_buffers_not_by_the_flag():
+    """What the checker's flag-flipped state rests on (torch/nn/modules/batchnorm.py, _BatchNorm.forward)."""
+    bn = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        bn.running_mean.fill_(3.0)
+    bn.track_running_stats = False
+    x = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(bn.eval()(x), _affine(bn, x, bn.running_mean, bn.running_var).detach())
+    torch.testing.assert_close(bn.train()(x), _affine(bn, x, *_stats(bn, x, True)).detach())
+    assert bn.running_mean.tolist() == [3.0, 3.0] and int(bn.num_batches_tracked) == 0  # train mode updated nothing
 
 
 def test_bn_forward_must_not_call_the_layer():
@@ -60,6 +87,12 @@ def test_bn_forward_must_not_call_the_layer():
         (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), affine=False), "gamma"),
         (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), eps=1e-5), "eps"),
         (lambda bn, x: None, "return"),
+        # the flag decides instead of the buffers: wrong for a flag flipped after construction, in eval mode
+        (bn_forward_by_flag, r"eval mode, track_running_stats=False \(set after construction.*PyTorch decides by "
+                             r"whether running_mean/running_var exist, not by the flag \(notebook 04, the flag-flipped"),
+        # the flag stops the updates, not the use of the buffers in train mode
+        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.running_mean is None or (bn.training and bn.track_running_stats))),
+         r"train mode, track_running_stats=False \(set after construction.*in train mode BN uses the batch"),
     ],
 )
 def test_bn_forward_wrong_answers(wrong, message):
@@ -179,9 +212,12 @@ def test_notebook_04_make_untracked_builds_what_the_flag_builds():
 # --- notebook 05: freeze_bn ------------------------------------------------------------------
 
 
-def test_reidlab_freeze_bn_passes_the_exercise(capsys):
-    nb05.check_freeze_bn(rbn.freeze_bn)
-    assert "correct" in capsys.readouterr().out
+@pytest.mark.parametrize("shortcut", [rbn.freeze_bn, lambda model: rbn.freeze_bn(model), lambda model: freeze_bn(model)])
+def test_the_exercise_refuses_reidlab_freeze_bn(shortcut):
+    """Exercise 5.1 says "without freeze_bn", which notebook 05 imports by name at its top."""
+    with pytest.raises(ExerciseError, match="by hand, without `reidlab.bn.freeze_bn`"):
+        nb05.check_freeze_bn(shortcut)
+    assert rbn.freeze_bn(nn.Sequential(nn.BatchNorm2d(2))) == ["0"]  # restored after the check
 
 
 def _bn_modules(model):
@@ -266,7 +302,38 @@ def test_the_old_bound_method_solution_saves_but_does_not_load(tmp_path):
 
 def _freeze_everything(model):
     model.requires_grad_(False)
-    rbn.freeze_bn(model)
+    freeze_with_partial(model)
+
+
+def _stats_only(model):
+    for m in _bn_modules(model):
+        m.train = functools.partial(_stay_in_eval, m)
+        m.eval()
+
+
+def freeze_by_conversion(model):
+    """Also right: each BatchNorm2d becomes torchvision's FrozenBatchNorm2d (section 4), the BatchNorm1d is frozen
+    in place (FrozenBatchNorm2d is for 4-D inputs)."""
+    _convert(model)
+    return freeze_with_partial(model)
+
+
+def _convert_every_bn(model):
+    return _convert(model, all_bn=True)  # the BatchNorm1d too
+
+
+def _convert_without_stats(model):
+    return freeze_with_partial(_convert(model, copy_stats=False))
+
+
+def _drop_the_layers(model):
+    model[1] = nn.Identity()
+    return freeze_with_partial(model)
+
+
+def test_a_freeze_by_frozen_batchnorm2d_passes(capsys):
+    nb05.check_freeze_bn(freeze_by_conversion)
+    assert "torch.save / torch.load" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -277,7 +344,11 @@ def _freeze_everything(model):
         (_eval_not_sticky, "does not survive train"),
         (_momentum_zero, "normalise with the batch's statistics"),
         (_freeze_everything, "freeze only the BN layers"),
-        (lambda model: rbn.freeze_bn(model, affine=False), "still has requires_grad=True"),
+        (_stats_only, "still has requires_grad=True"),
+        (lambda model: _convert(model), r"layer '6': gamma \(weight\) still has requires_grad=True"),  # BatchNorm1d
+        (_convert_every_bn, "FrozenBatchNorm2d is for 4-D inputs"),
+        (_convert_without_stats, "differs from the original's in eval mode.*the running statistics"),
+        (_drop_the_layers, "the BN layer '1' is now a Identity"),
         (_bound_method, "torch.save.*AttributeError.*functools.partial"),
         (_partial_of_a_local_function, "torch.save.*defined inside another function"),
     ],

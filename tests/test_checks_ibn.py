@@ -56,9 +56,36 @@ def in_no_keepdim(x, eps=1e-5):
     return x.mean(dim=(2, 3))
 
 
+def in_var_mean(x, eps=1e-5):
+    """Also right: torch.var_mean, and rsqrt."""
+    var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
 def test_instance_norm_solution_passes(capsys):
     checks.check_instance_norm(in_solution)
-    assert "correct" in capsys.readouterr().out
+    checks.check_instance_norm(in_var_mean)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+@pytest.mark.parametrize(
+    "shortcut, name",
+    [
+        (lambda x, eps: F.instance_norm(x, eps=eps), "torch.nn.functional.instance_norm"),
+        (lambda x, eps: nn.InstanceNorm2d(x.shape[1], eps=eps)(x), "torch.nn.functional.instance_norm"),
+        (lambda x, eps: IBN(x.shape[1] * 2, ratio=0.5).eval().IN(x), "torch.nn.functional.instance_norm"),
+        (lambda x, eps: F.layer_norm(x, x.shape[2:], eps=eps), "torch.nn.functional.layer_norm"),
+        (lambda x, eps: F.group_norm(x, x.shape[1], eps=eps), "torch.nn.functional.group_norm"),
+        (lambda x, eps: F.batch_norm(x.reshape(1, -1, *x.shape[2:]), None, None, training=True, eps=eps).view_as(x),
+         "torch.nn.functional.batch_norm"),
+    ],
+)
+def test_instance_norm_refuses_the_librarys_norms(shortcut, name):
+    """Exercise 7.1 is instance norm by hand; each of these gives it in one call."""
+    with pytest.raises(checks.ExerciseError, match=f"by hand, without `{name}`"):
+        checks.check_instance_norm(shortcut)
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.allclose(F.layer_norm(x, x.shape[2:]), F.instance_norm(x), atol=1e-5)  # restored afterwards
 
 
 def test_instance_norm_matches_functional_and_module():

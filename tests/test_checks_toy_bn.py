@@ -94,9 +94,31 @@ def depends_on_batch(model, x):
         return not torch.allclose(probe(x)[0], probe(other)[0], atol=1e-5)
 
 
+def depends_by_gradient(model, x):
+    """Also right: does x[0]'s output have a gradient with respect to the other samples?"""
+    probe = copy.deepcopy(model)
+    xs = x.clone().requires_grad_(True)
+    probe(xs)[0].sum().backward()
+    return bool(xs.grad[1:].abs().max() > 1e-7)
+
+
 def test_depends_on_batch_passes(capsys):
     nb02.check_depends_on_batch(depends_on_batch)
-    assert "correct" in capsys.readouterr().out
+    nb02.check_depends_on_batch(depends_by_gradient)
+    assert capsys.readouterr().out.count("correct") == 2
+
+
+def _has_bn(model):
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def by_structure(model, x):
+    return model.training and _has_bn(model)
+
+
+def by_structure_and_buffers(model, x):  # knows notebook 04's rule, still reads the structure
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return any(m.training or m.running_mean is None for m in bns)
 
 
 def on_the_original(model, x):  # forgets the copy: train-mode probes move the running stats
@@ -129,6 +151,10 @@ def always_true(model, x):
         (always_true, "answer is False"),
         (lambda model, x: False, "answer is True"),
         (lambda model, x: "yes", "bool"),
+        (by_structure, r"track_running_stats=False, in eval mode the answer is True.*does not decide it: measure"),
+        (by_structure_and_buffers, "normalises each sample on its own the answer is False.*does not decide it"),
+        (lambda model, x: _has_bn(model) and depends_on_batch(model, x),  # measures, but only where BN is
+         "without BN whose layer subtracts the batch mean the answer is True"),
     ],
 )
 def test_depends_on_batch_catches(wrong, message):
@@ -171,16 +197,46 @@ def test_running_mean_checker_passes_the_solution(capsys):
     assert out.count("correct") == 2 and "[0.702, 0.514]" in out
 
 
-def test_running_mean_checker_passes_a_bn_layer_too(capsys):
-    def with_a_layer(batches, momentum):  # not what the exercise asks, but the number is right
-        bn = nn.BatchNorm1d(batches[0].shape[1], momentum=momentum).train()
-        with torch.no_grad():
-            for b in batches:
-                bn(b)
-        return bn.running_mean
+def running_mean_in_place(batches, momentum):
+    """Also right: the update in place, as the layer does it."""
+    r = torch.zeros(batches[0].shape[1], dtype=torch.float64)
+    for b in batches:
+        r.mul_(1 - momentum).add_(b.double().mean(0), alpha=momentum)
+    return r
 
-    nb03.check_running_mean_after_steps(with_a_layer)
+
+def test_running_mean_checker_passes_an_in_place_update(capsys):
+    nb03.check_running_mean_after_steps(running_mean_in_place)
     assert "correct" in capsys.readouterr().out
+
+
+def with_a_layer(batches, momentum):  # the number is right, but the exercise says: without running a BN layer
+    bn = nn.BatchNorm1d(batches[0].shape[1], momentum=momentum).train()
+    with torch.no_grad():
+        for b in batches:
+            bn(b)
+    return bn.running_mean
+
+
+def with_the_function(batches, momentum):
+    rm, rv = torch.zeros(batches[0].shape[1]), torch.ones(batches[0].shape[1])
+    for b in batches:
+        torch.nn.functional.batch_norm(b, rm, rv, training=True, momentum=momentum)
+    return rm
+
+
+@pytest.mark.parametrize(
+    "shortcut, message",
+    [
+        (with_a_layer, r"without `a BN layer \(nn.BatchNorm1d\(...\)\(x\)\)`"),
+        (with_the_function, "without `torch.nn.functional.batch_norm`"),
+        (lambda bs, m: torch.batch_norm(bs[0], None, None, None, None, True, m, 1e-5, False), "without `torch.batch_norm`"),
+    ],
+)
+def test_running_mean_checker_refuses_a_bn_layer(shortcut, message):
+    with pytest.raises(ExerciseError, match=message):
+        nb03.check_running_mean_after_steps(shortcut)
+    assert with_a_layer([torch.ones(2, 2), torch.zeros(2, 2)], 0.5).tolist() == [0.25, 0.25]  # restored afterwards
 
 
 def test_running_mean_expected_value_is_the_worked_example():

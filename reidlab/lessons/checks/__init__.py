@@ -15,8 +15,8 @@ notebook can call them without seeing the solution. A notebook imports its own m
     checks.check_from_keras(from_keras)   # a graded cell
 
 This package holds only what they share: :class:`ExerciseError`, :func:`fail` and
-:func:`passed`, the :func:`checker` decorator that every public ``check_*`` carries, and
-helpers used by the checkers of several notebooks. Importing it, or any ``nbNN``, changes no
+:func:`passed`, the :func:`checker` decorator that every public ``check_*`` carries, :func:`forbid`
+(the library shortcuts an exercise rules out), and helpers used by the checkers of several notebooks. Importing it, or any ``nbNN``, changes no
 global state (no import hook, no IPython handler).
 
 Every exercise is answered with a function the learner writes in the solution cell, and its
@@ -26,16 +26,20 @@ an :class:`ExerciseError` saying that the exercise is not attempted yet.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Any, Callable, TypeVar
+import math
+import numbers
+from typing import Any, Callable, Iterator, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "NOT_ATTEMPTED", "ExerciseError", "apply_and_list_bns", "as_number", "as_tensor", "checker", "expect_close",
-    "fail", "passed", "small_bn_model",
+    "NOT_ATTEMPTED", "ExerciseError", "as_number", "as_tensor", "checker", "expect_close",
+    "fail", "forbid", "passed", "small_bn_model",
 ]
 
 _Check = TypeVar("_Check", bound=Callable[..., Any])
@@ -91,13 +95,72 @@ def checker(check: _Check) -> _Check:
     return wrapper  # type: ignore[return-value]
 
 
+# --- shortcuts an exercise rules out ---------------------------------------------------------
+
+
+def _refuse(*_args: Any, _forbidden: tuple = (AssertionError, ""), **_kwargs: Any) -> Any:
+    """The body a forbidden function runs: no global name, so it runs with any function's globals."""
+    raise _forbidden[0](_forbidden[1])
+
+
+@contextlib.contextmanager
+def forbid(*targets: tuple, why: str) -> Iterator[None]:
+    """While the block runs, calling any of ``targets`` raises an :class:`ExerciseError` naming it.
+
+    Each target is ``(owner, name)`` or ``(owner, name, label)``: a module or class and the name of
+    the attribute to refuse (``(torch, "softmax")``, ``(torch.Tensor, "softmax")``,
+    ``(torch.nn.functional, "softmax")``), ``label`` what the message calls it (by default
+    ``owner.name``). The message reads "the exercise asks you to do this by hand, without
+    `label`: why". The attribute is replaced for the block, and a Python function's code is
+    swapped too (that of the function a decorator wraps, if any), so a name bound before the
+    check, e.g. ``from reidlab.bn import freeze_bn`` at the top of a notebook, is refused as well;
+    everything is restored on leaving the block, whatever happened inside it.
+
+    Wrap only the call of the learner's function: a forbidden function may also be what the
+    checker computes its expected answer with, or what torch calls internally elsewhere.
+
+    A guard against the easy shortcut, not a sandbox: a builtin bound under another name before the
+    check (``from torch import softmax``), another route to the same kernel (``torch.ops.aten``) or
+    an answer that catches the error gets through.
+    """
+    undo: list[Callable[[], None]] = []
+    try:
+        for owner, name, *label in targets:
+            shown = label[0] if label else f"{getattr(owner, '__name__', owner)}.{name}"
+            refusal = (ExerciseError, f"the exercise asks you to do this by hand, without `{shown}`: {why}")
+            inner = inspect.unwrap(getattr(owner, name))
+            if inspect.isfunction(inner) and not inner.__code__.co_freevars:
+                saved = (inner.__code__, inner.__defaults__, inner.__kwdefaults__)
+                inner.__code__, inner.__defaults__, inner.__kwdefaults__ = _refuse.__code__, None, {"_forbidden": refusal}
+                undo.append(functools.partial(_restore_code, inner, saved))
+            had, old = name in vars(owner), vars(owner).get(name)
+            setattr(owner, name, functools.partial(_refuse, _forbidden=refusal))
+            undo.append(functools.partial(setattr, owner, name, old) if had else functools.partial(delattr, owner, name))
+        yield
+    finally:
+        for step in reversed(undo):
+            step()
+
+
+def _restore_code(fn: Any, saved: tuple) -> None:
+    fn.__code__, fn.__defaults__, fn.__kwdefaults__ = saved
+
+
 # --- helpers shared by the checkers of several notebooks ------------------------------------
+
+
+#: What a learner's answer may be for :func:`as_tensor` and :func:`as_number`: a real tensor, number,
+#: array or (nested) list of numbers; anything else (an object that only says it equals everything, say)
+#: is refused before it is converted or compared.
+_NUMERIC = (torch.Tensor, numbers.Number, np.ndarray, np.generic, list, tuple)
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
     """``x`` as a tensor, failing with a message naming ``name`` for ``None`` or a non-numeric value."""
     if x is None:
         fail(f"{name} is None: did the function forget to `return` its result?")
+    if not isinstance(x, _NUMERIC):
+        fail(f"{name} should be a tensor, got {type(x).__name__}")
     if not isinstance(x, torch.Tensor):
         try:
             x = torch.as_tensor(x)
@@ -106,15 +169,22 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def as_number(x: Any, cast: Callable[[Any], Any], *, if_none: str, if_wrong: str) -> Any:
+def as_number(x: Any, cast: Callable[[Any], Any], *, if_none: str, if_wrong: str, finite: bool = True) -> Any:
     """``cast(x)`` (``float`` or ``int``), failing with ``if_none`` for a missing ``return`` and
-    ``if_wrong`` (``{type}`` is filled in) for something that is not one number."""
+    ``if_wrong`` (``{type}`` is filled in) for something that is not one number; with ``finite``
+    (the default) also for an infinite or NaN value."""
     if x is None:
         fail(if_none)
-    try:
-        return cast(x)
-    except (TypeError, ValueError):
+    if not isinstance(x, _NUMERIC):
         fail(if_wrong.format(type=type(x).__name__))
+    try:
+        value = float(x)
+        result = cast(x)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        fail(if_wrong.format(type=type(x).__name__))
+    if finite and not math.isfinite(value):
+        fail(f"your function returned {value}, not a finite number")
+    return result
 
 
 def expect_close(
@@ -160,16 +230,3 @@ def small_bn_model(seed: int = 0) -> nn.Module:
                     m.running_var.uniform_(0.5, 2.0)
                     m.num_batches_tracked.fill_(10)
     return model
-
-
-def apply_and_list_bns(
-    fn: Callable[[nn.Module], Any], model: nn.Module
-) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
-    """Apply a learner's ``fn(model)`` and list the resulting BN layers as ``(name, module)``.
-
-    ``fn`` may change the model in place (any return value) or return a new model.
-    """
-    out = fn(model)
-    if isinstance(out, nn.Module):
-        model = out
-    return model, [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

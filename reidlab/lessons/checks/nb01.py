@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from reidlab.lessons.checks import ExerciseError, as_tensor, checker, expect_close, fail, passed
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, expect_close, fail, forbid, passed
 
 __all__ = ["ExerciseError", "check_bn_input_grad", "check_fold_bn", "check_running_stats_update"]
 
@@ -66,6 +66,11 @@ def _folded_candidates(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[t
     return cands
 
 
+#: PyTorch's own fold, which exercise 1.1 rules out (``torch.nn.utils`` re-exports both functions).
+_FUSION = tuple((owner, name) for owner in (torch.nn.utils.fusion, torch.nn.utils)
+                for name in ("fuse_conv_bn_eval", "fuse_conv_bn_weights"))
+
+
 @checker
 def check_fold_bn(fn: Callable[[nn.Conv2d, nn.BatchNorm2d], Any]) -> None:
     """Notebook 01: ``fn(conv, bn)`` returns a new ``nn.Conv2d`` equal to ``bn(conv(x))`` with ``bn`` in eval mode.
@@ -83,7 +88,9 @@ def check_fold_bn(fn: Callable[[nn.Conv2d, nn.BatchNorm2d], Any]) -> None:
         with torch.no_grad():
             expected = bn(conv(x))
         try:
-            folded = fn(conv, bn)
+            with forbid(*_FUSION, why="scale the conv's weight and bias yourself (the exercise: do not call "
+                                      "torch.nn.utils.fusion)"):
+                folded = fn(conv, bn)
         except NotImplementedError:
             raise  # the student stub (a RuntimeError too), which @checker explains
         except RuntimeError as err:
@@ -153,25 +160,38 @@ def check_running_stats_update(fn: Callable[..., Any]) -> None:
     passed("running <- (1 - momentum) * running + momentum * batch stat, unbiased variance")
 
 
-@checker
-def check_bn_input_grad(fn: Callable[..., Any]) -> None:
-    """Notebook 01: ``fn(grad_out, x, gamma, eps)`` returns dL/dx of training-mode BN for x of shape (N, C).
+#: Autograd, which exercise 1.3 (a derivation by hand) rules out.
+_AUTOGRAD = ((torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"))
 
-    The reference is autograd through ``gamma * (x - mean) / sqrt(var + eps)`` with batch
-    statistics (biased variance), in float64.
-    """
-    gen = torch.Generator().manual_seed(103)
-    x = torch.randn(6, 3, generator=gen, dtype=torch.float64) * 2 + 1
-    gamma = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
-    g = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    eps = 1e-5
+
+def _staged_reference(g: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """(dx, dvar, dmean) by autograd through the graph with mu and var as nodes: dvar is the gradient
+    reaching var, dmean the gradient reaching mu (directly and through var), both of shape (C,)."""
     xr = x.clone().requires_grad_(True)
-    y = gamma * (xr - xr.mean(0)) / torch.sqrt(xr.var(0, unbiased=False) + eps)
-    (want,) = torch.autograd.grad(y, xr, g)
-    got = as_tensor(fn(g.clone(), x.clone(), gamma.clone(), eps), "bn_input_grad(...)")
-    if tuple(got.shape) != tuple(x.shape):
-        fail(f"the gradient has shape {tuple(got.shape)}, expected {tuple(x.shape)} (one value per input)")
-    got = got.detach().to(torch.float64)
+    mu = xr.mean(0)
+    var = ((xr - mu) ** 2).mean(0)
+    y = gamma * (xr - mu) / torch.sqrt(var + eps)
+    return tuple(t.detach() for t in torch.autograd.grad(y, (xr, var, mu), g))
+
+
+def _stages(result: Any, n: int, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The learner's (dx, dvar, dmean) as float64 tensors of shapes (n, c), (c,), (c,)."""
+    if isinstance(result, torch.Tensor) or not isinstance(result, (tuple, list)) or len(result) != 3:
+        fail("return the three stages (dx, dvar, dmean), not only dx: the exercise asks for the staged derivation, "
+             "dvar (the gradient reaching the batch variance, one value per channel), then dmean (reaching the batch "
+             "mean), then dx")
+    dx, dvar, dmean = (as_tensor(t, name).detach().to(torch.float64) for t, name in zip(result, ("dx", "dvar", "dmean")))
+    if tuple(dx.shape) != (n, c):
+        fail(f"the gradient dx has shape {tuple(dx.shape)}, expected {(n, c)} (one value per input)")
+    for name, t in (("dvar", dvar), ("dmean", dmean)):
+        if tuple(t.shape) not in ((c,), (1, c)):
+            fail(f"{name} has shape {tuple(t.shape)}: var and mu have one value per channel, so {name} has shape ({c},); "
+                 f"sum over the batch dim 0")
+    return dx, dvar.reshape(c), dmean.reshape(c)
+
+
+def _dx_mistake(got: torch.Tensor, g: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, eps: float) -> str | None:
+    """The sentence naming the usual mistake behind a wrong dx, or None."""
     std = torch.sqrt(x.var(0, unbiased=False) + eps)
     xhat = (x - x.mean(0)) / std
     wrong = {
@@ -186,16 +206,49 @@ def check_bn_input_grad(fn: Callable[..., Any]) -> None:
         "multiply by gamma: y = gamma * x_hat + beta, so dL/dx_hat = gamma * grad_out":
             1 / std * (g - g.mean(0) - xhat * (g * xhat).mean(0)),
     }
-    for message, value in wrong.items():
-        if torch.allclose(got, value, atol=1e-6):
-            fail(message)
     n = x.shape[0]
     std_u = torch.sqrt(x.var(0, unbiased=True) + eps)
     xhat_u = (x - x.mean(0)) / std_u
-    if torch.allclose(got, gamma / std_u * (g - g.mean(0) - xhat_u * (g * xhat_u).mean(0)), atol=1e-6) or torch.allclose(
-        got, gamma / std_u * (g - g.mean(0) - xhat_u * (g * xhat_u).sum(0) / (n - 1)), atol=1e-6
-    ):
-        fail("BN normalises with the biased variance (divide by n), in the forward pass and so in its gradient")
+    for mean_gx in ((g * xhat_u).mean(0), (g * xhat_u).sum(0) / (n - 1)):
+        wrong["BN normalises with the biased variance (divide by n), in the forward pass and so in its gradient"] = (
+            gamma / std_u * (g - g.mean(0) - xhat_u * mean_gx))
+        found = next((message for message, value in wrong.items() if torch.allclose(got, value, atol=1e-6)), None)
+        if found:
+            return found
+    return None
+
+
+@checker
+def check_bn_input_grad(fn: Callable[..., Any]) -> None:
+    """Notebook 01: ``fn(grad_out, x, gamma, eps)`` returns ``(dx, dvar, dmean)`` of training-mode BN, x of shape (N, C).
+
+    The staged derivation: ``dvar`` is the gradient reaching the batch variance, ``dmean`` the one
+    reaching the batch mean (directly and through the variance), ``dx`` the input gradient, the sum
+    of the three paths. The references are autograd's through ``gamma * (x - mean) / sqrt(var +
+    eps)`` with batch statistics (biased variance), in float64; autograd itself is refused while
+    ``fn`` runs.
+    """
+    gen = torch.Generator().manual_seed(103)
+    x = torch.randn(6, 3, generator=gen, dtype=torch.float64) * 2 + 1
+    gamma = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+    g = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    eps = 1e-5
+    want, want_var, want_mean = _staged_reference(g, x, gamma, eps)
+    with forbid(*_AUTOGRAD, why="derive dvar, dmean and dx from the computation graph yourself (the checker "
+                                "compares them with autograd's)"):
+        result = fn(g.clone(), x.clone(), gamma.clone(), eps)
+    got, dvar, dmean = _stages(result, *x.shape)
+    if not torch.allclose(dvar, want_var, atol=1e-6, rtol=1e-5):
+        if torch.allclose(dvar * x.shape[0], want_var, atol=1e-6, rtol=1e-5):
+            fail("dvar is a sum over the batch (every sample reaches the variance), not a mean")
+        fail(f"dvar is off by up to {(dvar - want_var).abs().max().item():.3g}: the variance enters x_hat = (x - mu) * "
+             "(var + eps) ** -0.5, so dvar = sum over the batch of dx_hat * (x - mu) * -0.5 * (var + eps) ** -1.5")
+    if not torch.allclose(dmean, want_mean, atol=1e-6, rtol=1e-5):
+        fail(f"dmean is off by up to {(dmean - want_mean).abs().max().item():.3g}: mu enters x_hat directly (sum of "
+             "-dx_hat / sqrt(var + eps)) and through the variance (dvar * mean of -2 (x - mu))")
+    mistake = _dx_mistake(got, g, x, gamma, eps)
+    if mistake:
+        fail(mistake)
     expect_close(got, want, name="dL/dx", atol=1e-6, rtol=1e-5,
-                 hint="dx = gamma / std * (g - mean(g) - x_hat * mean(g * x_hat)), means over the batch dim")
+                 hint="dx = dx_hat / sqrt(var + eps) + dvar * 2 (x - mu) / n + dmean / n, the three paths")
     passed("the BN input gradient matches autograd")

@@ -8,7 +8,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, passed
+import reidlab.bn
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, forbid, passed
 
 __all__ = ["EX03_BATCHES", "EX03_MOMENTUM", "ExerciseError", "check_from_keras", "check_pooled_mean_var",
            "check_running_mean_after_steps"]
@@ -22,6 +23,10 @@ EX03_BATCHES: tuple[tuple[tuple[float, float], ...], ...] = (
     ((0.0, 1.0), (-2.0, 1.0), (2.0, 1.0), (0.0, 1.0), (1.0, 1.0), (-1.0, 1.0), (0.0, 1.0), (0.0, 1.0)),
 )
 EX03_MOMENTUM = 0.1
+
+#: Running a BN layer, which exercise 3.1 rules out: a BN module's forward and the functions behind it.
+_BN_FORWARD = ((torch.nn.modules.batchnorm._BatchNorm, "forward", "a BN layer (nn.BatchNorm1d(...)(x))"),
+               (torch.nn.functional, "batch_norm"), (torch, "batch_norm"), (reidlab.bn, "batch_norm"))
 
 
 def _other_batches() -> list[torch.Tensor]:
@@ -80,7 +85,9 @@ def check_running_mean_after_steps(fn: Callable[[list[torch.Tensor], float], Any
     for batches, momentum, what in cases:
         expected = _bn_running_mean(batches, momentum)
         try:
-            got = fn([b.clone() for b in batches], momentum)
+            with forbid(*_BN_FORWARD, why="apply r <- (1 - momentum) r + momentum * (batch mean) yourself, once per "
+                                          "batch, from r = 0"):
+                got = fn([b.clone() for b in batches], momentum)
         except NotImplementedError:
             raise  # a RuntimeError too: the student stub, which @checker explains
         except RuntimeError as err:

@@ -23,33 +23,74 @@ def _bn_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: torch.n
     return y
 
 
+#: The states exercise 4.1 tries, as (flag, buffers present): built tracked, built untracked, and a tracked
+#: layer whose flag was set to False afterwards (notebook 04, section 1): its buffers are still tensors.
+_FORWARD_STATES = ((True, True), (False, False), (False, True))
+
+_FLIPPED = ("PyTorch decides by whether running_mean/running_var exist, not by the flag (notebook 04, the "
+            "flag-flipped layer): this layer's track_running_stats was set to False after it was built, its buffers "
+            "are still tensors, so in eval mode it normalises with them; the flag only stops the updates in train mode")
+
+
+def _forward_layer(track: bool, buffers: bool, training: bool, g: torch.Generator) -> nn.BatchNorm2d:
+    """A BatchNorm2d (eps 0.1) with random gamma/beta and, if it has buffers, random running statistics."""
+    bn = nn.BatchNorm2d(4, eps=0.1, track_running_stats=buffers)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(4, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(4, generator=g))
+        if buffers:
+            bn.running_mean.copy_(torch.randn(4, generator=g))
+            bn.running_var.copy_(torch.rand(4, generator=g) + 0.5)
+    bn.track_running_stats = track
+    return bn.train(training)
+
+
+def _forward_mistake(got: torch.Tensor, expected: torch.Tensor, x: torch.Tensor, bn: nn.BatchNorm2d, state: str) -> str:
+    """The sentence naming why ``got`` is not ``bn(x)``."""
+    dims = [0, 2, 3]
+    bmean, bvar = x.mean(dims), x.var(dims, unbiased=False)
+    candidates = {"batch": _bn_norm(x, bmean, bvar, bn), "unbiased": _bn_norm(x, bmean, x.var(dims, unbiased=True), bn)}
+    if bn.running_mean is not None:
+        candidates["running"] = _bn_norm(x, bn.running_mean, bn.running_var, bn)
+    close = {k: torch.allclose(got, v, atol=1e-4, rtol=1e-4) for k, v in candidates.items()}
+    if close.get("running") and bn.training:
+        return f"{state}: you normalised with running_mean/running_var; in train mode BN uses the batch's statistics"
+    if close.get("batch") and not bn.training and not bn.track_running_stats:
+        return f"{state}: you normalised with the batch's statistics. {_FLIPPED}"
+    if close.get("batch") and not bn.training:
+        return (f"{state}: you normalised with the batch's statistics; in eval mode a layer that tracks "
+                "statistics uses running_mean/running_var")
+    if close.get("unbiased"):
+        return f"{state}: normalise with the biased batch variance (unbiased=False); running_var stores the unbiased one"
+    plain = (x - bmean.view(1, -1, 1, 1)) / torch.sqrt(bvar.view(1, -1, 1, 1) + bn.eps)
+    if torch.allclose(got, plain, atol=1e-4, rtol=1e-4):
+        return f"{state}: scale by bn.weight (gamma) and shift by bn.bias (beta) after normalising"
+    return f"{state}: the output is off by up to {(got - expected).abs().max():.3g}; did you add bn.eps to the variance?"
+
+
 @checker
 def check_bn_forward(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> None:
     """Notebook 04: ``fn(bn, x)`` must return what ``bn(x)`` returns, in all four train/eval x tracked states.
 
-    The learner computes it from ``bn``'s buffers and parameters without calling the layer.
+    The learner computes it from ``bn``'s buffers and parameters without calling the layer. Also
+    tried on a tracked layer whose flag was set to False afterwards, buffers kept (section 1): in
+    eval mode it normalises with its running statistics, since PyTorch decides by the buffers.
     """
     g = torch.Generator().manual_seed(4)
     x = torch.randn(6, 4, 3, 3, generator=g) * 2 + 1
-    dims = [0, 2, 3]
-    for track in (True, False):
+    for track, buffers in _FORWARD_STATES:
         for training in (True, False):
-            bn = nn.BatchNorm2d(4, eps=0.1, track_running_stats=track)
-            with torch.no_grad():
-                bn.weight.copy_(torch.rand(4, generator=g) + 0.5)
-                bn.bias.copy_(torch.randn(4, generator=g))
-                if track:
-                    bn.running_mean.copy_(torch.randn(4, generator=g))
-                    bn.running_var.copy_(torch.rand(4, generator=g) + 0.5)
-            bn.train(training)
+            bn = _forward_layer(track, buffers, training, g)
             expected = copy.deepcopy(bn)(x).detach()
             state = f"{'train' if training else 'eval'} mode, track_running_stats={track}"
+            if buffers and not track:
+                state += " (set after construction: the buffers are still there)"
             called: list[bool] = []
             handle = bn.register_forward_hook(lambda *_: called.append(True))
             try:
                 got = fn(bn, x.clone())
             except (TypeError, AttributeError) as err:
-                if not track:
+                if not buffers:
                     fail(
                         f"{state}: {type(err).__name__}: {err}. running_mean is None when a layer does not track "
                         "statistics: such a layer normalises with the batch's statistics in eval mode too"
@@ -62,29 +103,8 @@ def check_bn_forward(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
             got = as_tensor(got, f"bn_forward ({state})").detach()
             if got.shape != expected.shape:
                 fail(f"{state}: output shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
-            if torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
-                continue
-            bmean, bvar = x.mean(dims), x.var(dims, unbiased=False)
-            candidates = {
-                "batch": _bn_norm(x, bmean, bvar, bn),
-                "unbiased": _bn_norm(x, bmean, x.var(dims, unbiased=True), bn),
-            }
-            if track:
-                candidates["running"] = _bn_norm(x, bn.running_mean, bn.running_var, bn)
-            close = {k: torch.allclose(got, v, atol=1e-4, rtol=1e-4) for k, v in candidates.items()}
-            if close.get("running") and training:
-                fail(f"{state}: you normalised with running_mean/running_var; in train mode BN uses the batch's statistics")
-            if close.get("batch") and track and not training:
-                fail(
-                    f"{state}: you normalised with the batch's statistics; in eval mode a layer that tracks "
-                    "statistics uses running_mean/running_var"
-                )
-            if close.get("unbiased"):
-                fail(f"{state}: normalise with the biased batch variance (unbiased=False); running_var stores the unbiased one")
-            plain = (x - bmean.view(1, -1, 1, 1)) / torch.sqrt(bvar.view(1, -1, 1, 1) + bn.eps)
-            if torch.allclose(got, plain, atol=1e-4, rtol=1e-4):
-                fail(f"{state}: scale by bn.weight (gamma) and shift by bn.bias (beta) after normalising")
-            fail(f"{state}: the output is off by up to {(got - expected).abs().max():.3g}; did you add bn.eps to the variance?")
+            if not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+                fail(_forward_mistake(got, expected, x, bn, state))
     passed("bn_forward matches nn.BatchNorm2d in all four train/eval x track_running_stats states")
 
 

@@ -15,9 +15,34 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reidlab.lessons.checks import ExerciseError, apply_and_list_bns, checker, fail, passed, small_bn_model
+import reidlab.bn
+from reidlab.lessons.checks import ExerciseError, checker, fail, forbid, passed, small_bn_model
 
 __all__ = ["ExerciseError", "check_freeze_bn", "check_name_filter_errors", "check_to_frozen_bn"]
+
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _freeze_and_list(fn: Callable[[torch.nn.Module], Any], model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+    """Apply the learner's ``fn(model)`` (``reidlab.bn.freeze_bn`` refused while it runs) and list, by the
+    names the model's BN layers had, what stands there now: a BN layer or torchvision's FrozenBatchNorm2d.
+
+    ``fn`` may change the model in place (any return value) or return a new model.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, _BN)]
+    with forbid((reidlab.bn, "freeze_bn"), why="freeze each layer yourself: requires_grad_(False) and a train() that "
+                "keeps it in eval (functools.partial of stay_in_eval), or torchvision's FrozenBatchNorm2d"):
+        out = fn(model)
+    if isinstance(out, nn.Module):
+        model = out
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(modules.get(name), (_BN, FrozenBatchNorm2d)):
+            now = "gone" if name not in modules else f"now a {type(modules[name]).__name__}"
+            fail(f"the BN layer {name!r} is {now}: freeze every BN layer where it is, as a BN layer that stays in eval or "
+                 f"as torchvision's FrozenBatchNorm2d (for 4-D inputs only)")
+    return model, [(name, modules[name]) for name in names]
 
 
 @checker
@@ -25,12 +50,15 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     """Notebook 05: ``fn(model)`` must freeze every BN layer of ``model`` in both senses, in place.
 
     Frozen means: gamma/beta get no gradient (``requires_grad=False``), the running statistics
-    stay put *and are used* even after ``model.train()``, and nothing else is frozen.
+    stay put *and are used* even after ``model.train()`` (the output in train mode is the original
+    model's in eval mode), and nothing else is frozen. A layer may stay a BN layer or become
+    torchvision's ``FrozenBatchNorm2d`` (which holds gamma and beta as buffers).
     """
     model = small_bn_model()
-    model, bns = apply_and_list_bns(fn, model)
-    if len(bns) != 3:
-        fail(f"expected the model's 3 BN layers to stay BatchNorm layers, found {len(bns)}")
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(2)) * 3 + 2
+    with torch.no_grad():
+        reference = copy.deepcopy(model).eval()(x)
+    model, bns = _freeze_and_list(fn, model)
     for name, m in bns:
         if not callable(getattr(m, "requires_grad_", None)):
             fail(
@@ -45,7 +73,6 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     if not others:
         fail("no parameter is trainable any more: freeze only the BN layers, not the convolutions and the classifier")
     ref = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns}
-    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(2)) * 3 + 2
     model.train()
     with torch.no_grad():
         y_train = model(x)
@@ -55,11 +82,18 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     model.eval()
     with torch.no_grad():
         y_eval = model(x)
+    if y_train.shape != reference.shape:
+        fail(f"the frozen model's output has shape {tuple(y_train.shape)}, the original's {tuple(reference.shape)}: "
+             "FrozenBatchNorm2d is for 4-D inputs, freeze a BatchNorm1d another way")
     if not torch.allclose(y_train, y_eval, atol=1e-5):
         fail(
             "after model.train() the BN layers normalise with the batch's statistics (the buffers stay put, e.g. "
             "with momentum=0, but they are not used): keep the layers in eval mode"
         )
+    if not torch.allclose(y_eval, reference, atol=1e-5):
+        fail(f"the frozen model's output differs from the original's in eval mode by up to "
+             f"{(y_eval - reference).abs().max():.3g}: a freeze keeps gamma, beta, the running statistics and eps "
+             f"(copy all five into a FrozenBatchNorm2d)")
     for how, copied in (("copy.deepcopy", lambda: copy.deepcopy(model)), ("torch.save / torch.load", lambda: _round_trip(model))):
         twin = copied()
         twin.train()

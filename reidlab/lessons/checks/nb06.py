@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 import torch
 
+import reidlab.bn
 from reidlab.dsbn import DSBN2d, convert_dsbn, domain, dsbn_layers
-from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, passed
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, forbid, passed
 
 __all__ = ["ExerciseError", "check_merge_stats", "check_split_step_stats", "check_target_features"]
 
@@ -38,6 +39,12 @@ _STEP_MISTAKES = {
     "per_image_n": "the unbiased variance divides by (number of values - 1), and a channel of the half has "
                    "N/2 x H x W values, not N/2",
 }
+
+
+#: What exercise 6.1 rules out ("no BN module and no F.batch_norm"): a BN module's forward (DSBN2d's branches
+#: included) and the batch-norm functions.
+_BN_FORWARD = ((torch.nn.modules.batchnorm._BatchNorm, "forward", "a BN module (nn.BatchNorm2d, DSBN2d)"),
+               (torch.nn.functional, "batch_norm"), (torch, "batch_norm"), (reidlab.bn, "batch_norm"))
 
 
 def _half_stats(part: torch.Tensor, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +128,9 @@ def check_split_step_stats(fn: Callable[..., Any]) -> None:
         rm = torch.randn(c, generator=g) * 0.5
         rv = torch.rand(c, generator=g) + 0.5
         want = _layer_after_split_step(x, rm, rv, momentum)
-        got = _unpack_stats(fn(x.clone(), rm.clone(), rv.clone(), momentum), c)
+        with forbid(*_BN_FORWARD, why="compute each half's mean and unbiased variance with tensor operations"):
+            result = fn(x.clone(), rm.clone(), rv.clone(), momentum)
+        got = _unpack_stats(result, c)
         if _close(got, want):
             continue
         if momentum != 0.1 and _close(got, _layer_after_split_step(x, rm, rv, 0.1)):

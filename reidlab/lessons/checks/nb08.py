@@ -18,7 +18,7 @@ def _call_ap(fn: Callable[[Any], Any], matches: list[bool]) -> float:
     return as_number(
         fn(np.array(matches, dtype=bool)), float,
         if_none="your function returned None: did it forget to `return` the AP?",
-        if_wrong="return one number (the AP of the list), got {type}",
+        if_wrong="return one number (the AP of the list), got {type}", finite=False,  # inf has a message of its own
     )
 
 
@@ -114,10 +114,9 @@ def check_inp(fn: Callable[[Any], Any]) -> None:
     for matches in ([True, False, True, False, False, True, False], [False, True, True], [True, False, False]):
         hits = [r for r, m in enumerate(matches, start=1) if m]
         want = len(hits) / hits[-1]
-        got = fn(np.array(matches, dtype=bool))
-        if got is None:
-            fail("your function returned None: did it forget to `return` the INP?")
-        got = float(got)
+        got = as_number(fn(np.array(matches, dtype=bool)), float,
+                        if_none="your function returned None: did it forget to `return` the INP?",
+                        if_wrong="return one number (the INP of the list), got {type}")
         if math.isclose(got, want, rel_tol=1e-6):
             continue
         if math.isclose(got, 1 - want, rel_tol=1e-6, abs_tol=1e-9):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from reidlab.ecn.config import ECN_DECAY_EPOCH, ECN_KNN_EPOCH, scaled_schedule
+from reidlab.ecn.config import ECN_DECAY_EPOCH, ECN_EPOCHS, ECN_KNN_EPOCH, scaled_schedule
 from reidlab.lessons.checks import ExerciseError, checker, fail, passed
 
 __all__ = ["ExerciseError", "check_feature_weights", "check_relative_gain", "check_scaled_schedule"]
@@ -100,9 +100,12 @@ def check_scaled_schedule(fn: Callable[[int], Any]) -> None:
 
     Both are 0-based epochs rounded to the nearest integer (as :attr:`reidlab.ecn.ECNConfig.decay_epoch`
     does); the kNN term never starts before epoch 1, because during epoch 0 the memory is still
-    being filled (its update rate ``alpha * epoch`` is 0 and unvisited slots are zeros).
+    being filled (its update rate ``alpha * epoch`` is 0 and unvisited slots are zeros). The
+    reference is the trainer's own :func:`reidlab.ecn.config.scaled_schedule`, whose ``round`` takes
+    a tie to the even epoch: 30 and 54 epochs put the kNN start at 2.5 and 4.5, where rounding
+    halves up gives another epoch than the trainer's.
     """
-    cases = (60, 12, 10, 24, 3, 100, 40)
+    cases = (60, 12, 10, 24, 3, 100, 40, 30, 54)
     for epochs in cases:
         want = scaled_schedule(epochs)
         got = fn(epochs)
@@ -130,10 +133,24 @@ def check_scaled_schedule(fn: Callable[[int], Any]) -> None:
                  "(alpha * epoch = 0, unvisited slots are zeros): start it at epoch 1 at the earliest")
         if epochs == 10 and decay == 6:
             fail("round to the NEAREST epoch (40/60 * 10 = 6.67 -> 7); int() and // round down")
+        half_up = tuple(max(1, math.floor(e * epochs / ECN_EPOCHS + 0.5)) for e in (ECN_KNN_EPOCH, ECN_DECAY_EPOCH))
+        if (knn, decay) == half_up:
+            fail(f"for {epochs} epochs the kNN start, 5/60 * {epochs} = {5 * epochs / 60:g}, lies halfway between two "
+                 f"epochs: the trainer (reidlab.ecn.config.scaled_schedule) rounds with Python's round(), which takes "
+                 f"a tie to the even epoch ({want[0]}); rounding halves up gives {knn}")
         if epochs != 60 and (knn, decay) == (round(5 * 60 / epochs), round(40 * 60 / epochs)):
             fail("scaled the wrong way: the run is shorter than ECN's 60 epochs, so multiply by epochs / 60")
         fail(f"for {epochs} epochs expected (knn_epoch, decay_epoch) = {want}, got {(knn, decay)}")
     passed("ECN's schedule scaled: kNN from round(5/60 * E) (at least 1), LR step at round(40/60 * E)")
+
+
+def _gain_pair(got: dict, name: str) -> tuple[float, float]:
+    """The learner's ``(points, percent)`` for ``name`` as two floats."""
+    try:
+        points, percent = (float(v) for v in got[name])
+    except (TypeError, ValueError):
+        fail(f"the entry for {name!r} should be a pair of numbers (points, percent), got {got[name]!r}")
+    return points, percent
 
 
 @checker
@@ -160,15 +177,12 @@ def check_relative_gain(fn: Callable[..., Any]) -> None:
         base = table["source-only"]["mAP"]
         for name, row in table.items():
             if name == "source-only":
-                if name in got and any(abs(float(v)) > 1e-9 for v in got[name]):
+                if name in got and any(abs(v) > 1e-9 for v in _gain_pair(got, name)):
                     fail("source-only is the baseline: its gain over itself is (0, 0); or leave it out")
                 continue
             if name not in got:
                 fail(f"no entry for {name!r}: give every method except the baseline")
-            try:
-                points, percent = (float(v) for v in got[name])
-            except (TypeError, ValueError):
-                fail(f"the entry for {name!r} should be a pair (points, percent), got {got[name]!r}")
+            points, percent = _gain_pair(got, name)
             want_pts = row["mAP"] - base
             want_pct = 100 * want_pts / base
             if math.isclose(points, want_pts, abs_tol=1e-6) and math.isclose(percent, want_pct, abs_tol=1e-6):
