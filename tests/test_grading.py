@@ -125,3 +125,21 @@ def test_an_endless_loop_or_a_dead_kernel_costs_only_that_students_points(course
     assert totals["ok"][:2] == [3.0, 3.0]
     assert totals["loops"][:2] == [1.0, 3.0]  # ex1's graded cell interrupted, ex2 still scored
     assert totals["dies"][:2] == [0.0, 3.0] and all("kernel died" in m for m in totals["dies"][2])
+
+
+def test_grading_is_refused_when_the_kernel_cannot_import_the_checkers(course, tmp_path, capsys):
+    source, subs = course
+    nb = instructor()
+    nb.cells.insert(0, _cell("from reidlab.lessons.checks import nb99 as checks"))  # as in a kernel without the project
+    nbformat.write(nb, source / "tiny.ipynb")
+    (subs / "ann").mkdir()
+    nbformat.write(solved(), subs / "ann" / "tiny.ipynb")
+    out = tmp_path / "grades.csv"
+    with pytest.raises(SystemExit, match="cannot run `from reidlab.lessons.checks import nb99 as checks`.*nothing was graded"):
+        assign.main(["grade", str(subs), "--source", str(source), "--out", str(out)])
+    assert not out.exists()  # no CSV of zeros
+    # the real import line passes the check
+    nb.cells[0] = _cell("from reidlab.lessons.checks import nb05 as checks")
+    nbformat.write(nb, source / "tiny.ipynb")
+    assert assign.main(["grade", str(subs), "--source", str(source), "--out", str(out)]) == 0
+    assert "ann: 3 / 3" in capsys.readouterr().out

@@ -301,6 +301,34 @@ def grade_notebook(path: Path, source_nb, *, timeout: int = 600) -> list[dict]:
     return rows
 
 
+#: The line of a notebook that imports its checkers (``from reidlab.lessons.checks import nb05 as checks``).
+_CHECKS_IMPORT = re.compile(r"^\s*(from reidlab\.lessons\.checks import \w+ as checks|import reidlab\.lessons\.checks\S*)\s*$",
+                            re.M)
+
+
+def check_grading_kernel(sources: dict, *, timeout: int = 120) -> None:
+    """Refuse to grade when the kernel that will run the submissions cannot import their checkers.
+
+    Without the project installed in the ``python3`` kernel's environment every graded cell
+    fails on its import, and every student would score 0 as if all had answered wrong. One
+    kernel runs each instructor notebook's import line first; ``SystemExit`` says what failed.
+    """
+    from nbclient import NotebookClient
+
+    lines = sorted({m.group(1).strip() for nb in sources.values() for c in nb.cells if c.cell_type == "code"
+                    for m in _CHECKS_IMPORT.finditer(c.source)})
+    if not lines:
+        return
+    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(line) for line in lines])
+    NotebookClient(probe, timeout=timeout, kernel_name="python3", allow_errors=True).execute()
+    for line, cell in zip(lines, probe.cells):
+        if (err := _error_message(cell)):
+            raise SystemExit(
+                f"error: the grading kernel cannot run `{line}` ({err}), so every submission would score 0. "
+                "Install the project into the environment of the python3 kernel (`make install`, or "
+                "`pip install -e .` there) and grade again; nothing was graded")
+
+
 def match_submission(nb, sources: dict) -> str | None:
     """The instructor notebook a submission answers: the one sharing the most grade ids with it.
 
@@ -371,6 +399,7 @@ def cmd_grade(args) -> int:
             sources[p.name] = nb
     if not sources:
         raise SystemExit(f"no instructor notebook with graded cells in {source_dir}")
+    check_grading_kernel(sources)
 
     plan: list[tuple[str, str, bytes | None, str]] = []  # (student, notebook, submission bytes, problem)
     problems = 0
