@@ -75,6 +75,24 @@ def _write(subs: Path, student: str, nb, name: str = "tiny.ipynb") -> None:
     nbformat.write(nb, subs / student / name)
 
 
+def test_totals_and_the_executed_notebooks_are_kept_for_the_instructor(course, tmp_path):
+    source, subs = course
+    _write(subs, "ann", solved())
+    wrong = solved()
+    wrong.cells[3].source = wrong.cells[3].source.replace("return 2 * v", "return v + v + 1")  # ex2 wrong
+    _write(subs, "bo, jr", wrong)  # a comma in the name: the CSV must quote it
+    code, totals = _grade(source, subs, tmp_path / "g.csv")
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "g-totals.csv")))
+    assert [(r["student"], float(r["points"]), float(r["max_points"])) for r in rows] == [
+        ("ann", 3.0, 3.0), ("bo, jr", 2.0, 3.0)]
+    assert {r["student"]: [float(r["points"]), float(r["max_points"])] for r in rows} == {
+        k: v[:2] for k, v in totals.items()}
+    kept = nbformat.read(tmp_path / "graded" / "bo, jr" / "tiny.ipynb", as_version=4)
+    failed = [c for c in kept.cells if c.get("outputs") and c.outputs[0].get("output_type") == "error"]
+    assert len(failed) == 1 and "assert double(4) == 8" in failed[0].source  # what the student's cell printed
+
+
 def test_a_duplicated_graded_cell_is_scored_once(course, tmp_path):
     source, subs = course
     nb = solved()

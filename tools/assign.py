@@ -270,11 +270,13 @@ def _error_message(cell) -> str:
     return ""
 
 
-def grade_notebook(path: Path, source_nb, *, timeout: int = 600) -> list[dict]:
+def grade_notebook(path: Path, source_nb, *, timeout: int = 600, keep: Path | None = None) -> list[dict]:
     """Execute one submission (graded cells restored) and score each graded cell once.
 
     A cell past ``timeout`` (an endless loop) is interrupted and the notebook goes on, so the
     graded cells after it are still scored. A kernel that dies scores what it had not reached 0.
+    With ``keep``, the executed notebook (outputs and error messages included) is written there,
+    for the instructor to read what a student's cells printed.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
@@ -287,6 +289,9 @@ def grade_notebook(path: Path, source_nb, *, timeout: int = 600) -> list[dict]:
                        resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
     except DeadKernelError as err:
         died = f"the kernel died ({str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, keep)
     rows = []
     points = graded_cells(source_nb)
     for cell in nb.cells:
@@ -327,6 +332,13 @@ def check_grading_kernel(sources: dict, *, timeout: int = 120) -> None:
                 f"error: the grading kernel cannot run `{line}` ({err}), so every submission would score 0. "
                 "Install the project into the environment of the python3 kernel (`make install`, or "
                 "`pip install -e .` there) and grade again; nothing was graded")
+
+
+def csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted where it must be)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
 
 
 def match_submission(nb, sources: dict) -> str | None:
@@ -445,7 +457,8 @@ def cmd_grade(args) -> int:
                 copy_path = Path(tmp) / name
                 copy_path.write_bytes(data)
                 try:
-                    graded = grade_notebook(copy_path, sources[name], timeout=args.timeout)
+                    graded = grade_notebook(copy_path, sources[name], timeout=args.timeout,
+                                            keep=Path(args.out).parent / "graded" / student / name)
                 except Exception as err:  # noqa: BLE001 - this submission scores 0 with the reason; the others go on
                     graded = _zero_rows(sources[name], f"could not be graded: {type(err).__name__}: {err}"[:300])
                     problems += 1
@@ -463,7 +476,11 @@ def cmd_grade(args) -> int:
         t[1] += r["max_points"]
     for student, (got, best) in totals.items():
         print(f"{student}: {got:g} / {best:g}")
-    print(f"wrote {args.out}" + (f"; {problems} submission problem(s), see the messages" if problems else ""))
+    total_path = Path(args.out).with_name(Path(args.out).stem + "-totals.csv")
+    atomic_write_text(total_path, "student,points,max_points\n" + "".join(
+        f"{csv_field(student)},{got:g},{best:g}\n" for student, (got, best) in totals.items()))
+    print(f"wrote {args.out}, {total_path} (one total per student) and the executed notebooks in "
+          f"{Path(args.out).parent / 'graded'}" + (f"; {problems} submission problem(s), see the messages" if problems else ""))
     return 1 if problems else 0
 
 
