@@ -35,6 +35,12 @@ def test_notebooks_follow_the_template():
         assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code" and c.source.strip()), (
             f"{path.name}: committed without outputs from a full run"
         )
+        # nbval's markers are cell tags: the code a learner reads carries no test machinery
+        assert not [c.source.splitlines()[0] for c in nb.cells if "NBVAL_" in c.source], f"{path.name}: # NBVAL_ comment"
+        tags = [t for c in nb.cells for t in c.metadata.get("tags", [])]
+        assert "nbval-check-output" in tags, f"{path.name}: no output is checked"
+        setup_cell = next(c for c in nb.cells if c.cell_type == "code" and "cfg = setup(" in c.source)
+        assert "nbval-ignore-output" in setup_cell.metadata.get("tags", []), f"{path.name}: the setup cell's output varies"
 
 
 def test_key_figures_come_from_the_saving_cells_output():

@@ -15,8 +15,7 @@ from torch import nn  # noqa: F401
 from reidlab.lessons import setup
 # from reidlab.lessons.checks import nbNN as checks   # this notebook's checkers, reidlab/lessons/checks/nbNN.py
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% {"tags": ["nbval-ignore-output"]}
 cfg = setup(seed=0)
 
 # %% [markdown]
@@ -25,8 +24,7 @@ cfg = setup(seed=0)
 # One paragraph of explanation, then a cell that *measures* the claim, then one sentence
 # saying what to look at in the output.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% {"tags": ["nbval-check-output"]}
 x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
 print(f"mean of x: {x.mean():.4f}")
 
@@ -47,8 +45,7 @@ def answer(x):
     return x.mean()
     ### END SOLUTION
 
-# %% {"nbgrader": {"grade": true, "grade_id": "exN_1_test", "locked": true, "points": 1, "schema_version": 3, "solution": false}}
-# NBVAL_CHECK_OUTPUT
+# %% {"nbgrader": {"grade": true, "grade_id": "exN_1_test", "locked": true, "points": 1, "schema_version": 3, "solution": false}, "tags": ["nbval-check-output"]}
 # checks.check_something(answer)   # a @checker in reidlab/lessons/checks/nbNN.py that names the mistake
 
 # %% [markdown]
