@@ -334,10 +334,11 @@ def check_grading_kernel(sources: dict, *, timeout: int = 120) -> None:
                 "`pip install -e .` there) and grade again; nothing was graded")
 
 
-def csv_field(text: str) -> str:
-    """``text`` as one CSV field (quoted where it must be)."""
+def _csv(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([text])
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
     return buf.getvalue()
 
 
@@ -464,21 +465,16 @@ def cmd_grade(args) -> int:
                     problems += 1
         rows += [{"student": student, "notebook": name, **row} for row in graded]
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["student", "notebook", "grade_id", "points", "max_points", "message"])
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(args.out, buf.getvalue())
-    totals: dict[str, list[float]] = {}
+    atomic_write_text(args.out, _csv(rows, ["student", "notebook", "grade_id", "points", "max_points", "message"]))
+    totals: dict[str, dict] = {}
     for r in rows:
-        t = totals.setdefault(r["student"], [0.0, 0.0])
-        t[0] += r["points"]
-        t[1] += r["max_points"]
-    for student, (got, best) in totals.items():
-        print(f"{student}: {got:g} / {best:g}")
+        t = totals.setdefault(r["student"], {"student": r["student"], "points": 0.0, "max_points": 0.0})
+        t["points"] += r["points"]
+        t["max_points"] += r["max_points"]
+    for t in totals.values():
+        print(f"{t['student']}: {t['points']:g} / {t['max_points']:g}")
     total_path = Path(args.out).with_name(Path(args.out).stem + "-totals.csv")
-    atomic_write_text(total_path, "student,points,max_points\n" + "".join(
-        f"{csv_field(student)},{got:g},{best:g}\n" for student, (got, best) in totals.items()))
+    atomic_write_text(total_path, _csv(list(totals.values()), ["student", "points", "max_points"]))
     print(f"wrote {args.out}, {total_path} (one total per student) and the executed notebooks in "
           f"{Path(args.out).parent / 'graded'}" + (f"; {problems} submission problem(s), see the messages" if problems else ""))
     return 1 if problems else 0
