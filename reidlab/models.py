@@ -184,7 +184,7 @@ def build_backbone(
     ``last_stride=1`` removes layer4's downsampling (16x8 maps for a 256x128 input).
     """
     if arch in IBN_ARCHS:
-        base = getattr(_ibn, arch)()  # ResNetIBN: torchvision's layout, so the rest is shared
+        base = getattr(_ibn, arch)()  # ResNetIBN is a torchvision ResNet, so the rest is shared
     else:
         builder = getattr(torchvision.models, arch)
         base = builder(weights=weights if isinstance(weights, torchvision.models.WeightsEnum) else None)
@@ -266,6 +266,8 @@ class ReIDNet(nn.Module):
     def _build_head(self, in_planes: int, num_features: int, num_classes: int, dropout: float) -> None:
         """FC-``num_features`` (Kaiming, fan_out) + BN1d, and the classifier (N(0, 0.001)), as ECN initialises them."""
         self.num_features = num_features or in_planes
+        self.feat: nn.Linear | None
+        self.feat_bn: nn.BatchNorm1d | None
         if num_features > 0:
             self.feat = nn.Linear(in_planes, num_features)
             nn.init.kaiming_normal_(self.feat.weight, mode="fan_out")
@@ -299,6 +301,7 @@ class ReIDNet(nn.Module):
             if k.startswith("base.") and k not in loaded and not k.endswith("num_batches_tracked")
         ]
         surplus = [k for k, why in report.skipped.items() if why != "classifier" and _is_backbone_key(k)]
+        # IBN-b: a released IBN-Net file reidlab does not build (notebook 07's checked output prints this)
         others = "a plain ResNet, IBN-b" if self.arch in IBN_ARCHS else "another depth, an IBN-a ResNet"
         for problem, keys in (("leaves {n} backbone tensors of {arch} unset", missing),
                               ("holds {n} backbone tensors {arch} has no place for", surplus)):

@@ -10,10 +10,6 @@ list is *generated* from the published structure (XingangPan/IBN-Net, ibnnet/res
   ``BN`` = BatchNorm2d(planes - half), half = planes // 2. So each such block's five ``bn1.*``
   entries become ``bn1.IN.{weight,bias}`` followed by ``bn1.BN.{weight,bias,running_mean,
   running_var,num_batches_tracked}``, in place.
-* IBN-b = torchvision's ResNet whose stem ``bn1`` is InstanceNorm2d(64, affine=True) (weight
-  and bias only) and whose *last* block of layer1 and of layer2 has an extra ``IN`` =
-  InstanceNorm2d(planes * expansion, affine=True), registered after ``bn3`` (before
-  ``downsample``, which those blocks do not have).
 
 (During development the models were also compared key by key, and output by output at
 224x224, with a local copy of the published code; that copy is not part of this repository.)
@@ -28,18 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from reidlab.ibn import (
-    IBN,
-    BasicBlock,
-    Bottleneck,
-    ResNetIBN,
-    load_pretrained,
-    resnet18_ibn_a,
-    resnet34_ibn_a,
-    resnet50_ibn_a,
-    resnet50_ibn_b,
-    resnet101_ibn_a,
-)
+from reidlab.ibn import IBN, Bottleneck, ResNetIBN, load_pretrained, resnet18_ibn_a, resnet34_ibn_a, resnet50_ibn_a
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -66,23 +51,6 @@ def expected_ibn_a_keys(tv_model: nn.Module) -> list[tuple[str, tuple[int, ...]]
     return out
 
 
-def expected_ibn_b_keys(tv_model: nn.Module, layers: tuple[int, ...], expansion: int) -> list[tuple[str, tuple[int, ...]]]:
-    """torchvision ResNet keys with an affine IN stem and an IN after the last block of layer1/layer2."""
-    last_blocks = {f"layer1.{layers[0] - 1}": 64 * expansion, f"layer2.{layers[1] - 1}": 128 * expansion}
-    last_bn = "bn3" if expansion == 4 else "bn2"
-    out: list[tuple[str, tuple[int, ...]]] = []
-    for key, shape in _shapes(tv_model):
-        if key in ("bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"):
-            continue  # the stem is an InstanceNorm2d without running statistics
-        out.append((key, shape))
-        block, _, leaf = key.rpartition(".")
-        stem, _, bn = block.rpartition(".")
-        if stem in last_blocks and bn == last_bn and leaf == "num_batches_tracked":
-            width = last_blocks[stem]
-            out += [(f"{stem}.IN.weight", (width,)), (f"{stem}.IN.bias", (width,))]
-    return out
-
-
 # --- the IBN layer --------------------------------------------------------------------------------
 
 
@@ -91,7 +59,7 @@ def test_ibn_is_in_on_first_channels_and_bn_on_the_rest(planes, ratio):
     gen = torch.Generator().manual_seed(0)
     layer = IBN(planes, ratio)
     half = int(planes * ratio)
-    assert layer.half == half
+    assert layer.num_in == half
     with torch.no_grad():
         for p in layer.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
@@ -139,7 +107,7 @@ def test_ibn_bad_input():
         IBN(1)
     with pytest.raises(ValueError, match=r"expects input \(N, 8, H, W\), got \(2, 6, 3, 3\)"):
         IBN(8)(torch.randn(2, 6, 3, 3))
-    with pytest.raises(ValueError, match="ibn must be 'a', 'b' or None"):
+    with pytest.raises(ValueError, match="ibn must be 'a' or None"):
         Bottleneck(64, 16, ibn="c")
 
 
@@ -152,7 +120,6 @@ def test_ibn_bad_input():
         (resnet18_ibn_a, torchvision.models.resnet18),
         (resnet34_ibn_a, torchvision.models.resnet34),
         (resnet50_ibn_a, torchvision.models.resnet50),
-        (resnet101_ibn_a, torchvision.models.resnet101),
     ],
 )
 def test_ibn_a_state_dict_matches_published_layout(ours, tv):
@@ -169,6 +136,33 @@ def test_ibn_a_state_dict_matches_published_layout(ours, tv):
     assert not any(isinstance(m, nn.InstanceNorm2d) for m in model.layer4.modules())
 
 
+@pytest.mark.parametrize("ours,tv", [(resnet18_ibn_a, torchvision.models.resnet18), (resnet50_ibn_a, torchvision.models.resnet50)])
+def test_ibn_a_is_torchvisions_resnet_with_bn1_swapped(ours, tv):
+    """Same seed, same weights: every tensor outside the IBN layers equals torchvision's, and the IBN
+    layers start where torchvision's BN init starts (gamma 1, beta 0, running mean 0, var 1)."""
+    torch.manual_seed(0)
+    model = ours()
+    torch.manual_seed(0)
+    plain = tv(weights=None).state_dict()
+    assert isinstance(model, torchvision.models.ResNet) and isinstance(model.avgpool, nn.AdaptiveAvgPool2d)
+    for key, value in model.state_dict().items():
+        if ".bn1.IN." in key or ".bn1.BN." in key:
+            half = key.replace(".IN.", ".").replace(".BN.", ".")
+            assert torch.equal(value, plain[half][: value.numel()] if value.dim() else plain[half]), key
+        else:
+            assert torch.equal(value, plain[key]), key
+
+
+def test_bottleneck_is_torchvisions_with_ibn_bn1():
+    torch.manual_seed(0)
+    ours = Bottleneck(64, 16, ibn="a")
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet.Bottleneck(64, 16)
+    assert isinstance(ours.bn1, IBN) and list(ours._modules) == list(plain._modules)
+    assert list(Bottleneck(64, 16).state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in plain.state_dict().items() if not k.startswith("bn1"))
+
+
 def test_resnet50_ibn_a_has_resnet50s_parameter_count():
     ours = sum(p.numel() for p in resnet50_ibn_a().parameters())
     theirs = sum(p.numel() for p in torchvision.models.resnet50(weights=None).parameters())
@@ -176,32 +170,6 @@ def test_resnet50_ibn_a_has_resnet50s_parameter_count():
     # the buffers do shrink: the IN halves keep no running statistics
     n_buf = sum(b.numel() for b in resnet50_ibn_a().buffers())
     assert n_buf < sum(b.numel() for b in torchvision.models.resnet50(weights=None).buffers())
-
-
-def test_resnet50_ibn_b_structure():
-    model = resnet50_ibn_b()
-    expected = expected_ibn_b_keys(torchvision.models.resnet50(weights=None), (3, 4, 6, 3), Bottleneck.expansion)
-    assert _shapes(model) == expected
-    assert isinstance(model.bn1, nn.InstanceNorm2d) and model.bn1.affine
-    with_in = [n for n, m in model.named_modules() if isinstance(m, (Bottleneck, BasicBlock)) and m.IN is not None]
-    assert with_in == ["layer1.2", "layer2.3"]  # the last block of layer1 and of layer2 only
-    assert not any(isinstance(m, IBN) for m in model.modules())  # IBN-b uses no split layer
-    # the IN comes after the residual sum: the block output is relu(IN(...)), so each channel of
-    # a pre-ReLU output has mean beta = 0 per image; check it with a hook on the IN
-    seen = {}
-    model.layer1[2].IN.register_forward_hook(lambda m, i, o: seen.update(out=o.clone()))  # clone: the ReLU after it is in place
-    model.eval()
-    with torch.no_grad():
-        model(torch.randn(2, 3, 64, 32))
-    torch.testing.assert_close(seen["out"].mean(dim=(2, 3)), torch.zeros(2, 256), atol=1e-4, rtol=0)
-
-
-def test_basic_block_ibn_b_in_after_residual():
-    block = BasicBlock(8, 8, ibn="b").eval()
-    x = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
-        pre = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))) + x
-        torch.testing.assert_close(block(x), torch.relu(block.IN(pre)))
 
 
 # --- 256x128 re-ID inputs ------------------------------------------------------------------------
@@ -212,9 +180,10 @@ def test_resnet50_ibn_a_at_256x128():
     x = torch.randn(2, 3, 256, 128, generator=torch.Generator().manual_seed(1))
     seen = {}
     model.layer4.register_forward_hook(lambda m, i, o: seen.update(fmap=o))
+    model.avgpool.register_forward_hook(lambda m, i, o: seen.update(feat=torch.flatten(o, 1)))
     with torch.no_grad():
         logits = model(x)
-        feat = model.forward_features(x)
+    feat = seen["feat"]
     fmap = seen["fmap"]
     assert fmap.shape == (2, 2048, 8, 4)  # stride 32: 256x128 -> 8x4
     assert feat.shape == (2, 2048)
@@ -233,14 +202,6 @@ def test_fixed_pool_agrees_only_at_224():
     fmap9 = torch.randn(2, 16, 9, 9)  # a 288x288 image: the fixed pool silently drops the border
     assert nn.AvgPool2d(7)(fmap9).shape == (2, 16, 1, 1)
     assert not torch.allclose(nn.AvgPool2d(7)(fmap9), nn.AdaptiveAvgPool2d(1)(fmap9))
-
-
-def test_last_stride_one_doubles_the_final_map_and_keeps_keys():
-    a, b = resnet18_ibn_a(), resnet18_ibn_a(last_stride=1)
-    assert _shapes(a) == _shapes(b)
-    with torch.no_grad():
-        fmap = b.layer4(b.layer3(b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(torch.randn(1, 3, 256, 128)))))))))
-    assert fmap.shape == (1, 512, 16, 8)
 
 
 # --- loading a weight file ------------------------------------------------------------------------
