@@ -123,31 +123,43 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     The processes' tensors may differ in length along dim 0 (an uneven last batch): the lengths
     are gathered first, each tensor is padded to the longest for the collective, and the padding
     is dropped again. The other dimensions must agree (``ValueError`` naming every process's
-    shape, raised on every process alike). The result carries no gradient.
+    shape, raised on every process alike). The result carries no gradient. Both collectives
+    gather into one tensor (:func:`_gather_into`), which gloo and NCCL support alike.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
     if not 1 <= t.dim() <= _MAX_GATHER_DIMS:
         raise ValueError(f"all_gather_cat takes tensors of 1 to {_MAX_GATHER_DIMS} dimensions, got shape {tuple(t.shape)}")
-    world = dist.get_world_size()
     shape = torch.zeros(_MAX_GATHER_DIMS + 1, dtype=torch.long, device=t.device)
     shape[0] = t.dim()
     shape[1:1 + t.dim()] = torch.tensor(t.shape)
-    shapes = [torch.empty_like(shape) for _ in range(world)]
-    dist.all_gather(shapes, shape)
+    shapes = _gather_into(shape)
     dims = [tuple(s[1:1 + int(s[0])].tolist()) for s in shapes]
     if any(d[1:] != dims[0][1:] for d in dims):
         raise ValueError(f"all_gather_cat: the processes' tensors differ beyond dim 0: shapes by rank {dims}")
     longest = max(d[0] for d in dims)
     padded = t.new_zeros((longest, *t.shape[1:]))
     padded[: t.shape[0]] = t.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
+    parts = _gather_into(padded)
     return torch.cat([part[: d[0]] for part, d in zip(parts, dims)], dim=0)
 
 
 #: The most dimensions :func:`all_gather_cat` takes (its shapes travel in one fixed-size tensor).
 _MAX_GATHER_DIMS = 8
+
+
+def _gather_into(t: torch.Tensor) -> torch.Tensor:
+    """Every process's ``t`` (the same shape on each), stacked in rank order: ``(world_size, *t.shape)``.
+
+    One collective into one preallocated tensor instead of a list of ``world_size`` tensors:
+    ``dist.all_gather_single`` where torch has it (it replaces ``all_gather_into_tensor``, which
+    recent torch deprecates), else ``dist.all_gather_into_tensor`` (torch 2.4 has only that one;
+    gloo runs it there too, checked on two processes).
+    """
+    out = t.new_empty((dist.get_world_size() * t.shape[0], *t.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, t.contiguous())
+    return out.view(dist.get_world_size(), *t.shape)
 
 
 def barrier() -> None:

@@ -8,12 +8,14 @@ sums across processes, so every process normalises with the statistics of the gl
 exactly what one process would compute on the concatenated batch, gradients included.
 
 :class:`SyncBatchNorm` is written out here because PyTorch's ``nn.SyncBatchNorm`` runs only on
-GPUs; this one runs wherever ``torch.distributed`` does (gloo on the CPU, NCCL on CUDA), so the
-CPU tests and notebook 11 use the same layer as a GPU run. It is two differentiable
+GPUs; this one runs wherever ``torch.distributed`` does (gloo on the CPU, NCCL on CUDA), so
+the CPU tests and notebook 11 synchronise BN too. It is two differentiable
 ``all_reduce`` calls (:class:`AllReduceSum`, whose backward all-reduces the gradients) around
 the usual formula, and it keeps ``nn.BatchNorm``'s state_dict layout, so a
 checkpoint moves freely between synchronised and plain BN. Outside a process group, or in eval
-mode, it is a plain BatchNorm.
+mode, it is a plain BatchNorm. :func:`convert_sync_bn` puts it into a model where PyTorch's layer
+cannot run, and PyTorch's ``nn.SyncBatchNorm`` (fused CUDA kernels, the same statistics and the
+same state_dict layout) where it can: on CUDA with NCCL.
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ class SyncBatchNorm(_BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        # called only with track_running_stats, so the three buffers exist
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.mul_(1 - m).add_(mean, alpha=m)
@@ -111,17 +115,42 @@ class SyncBatchNorm(_BatchNorm):
 
 
 def convert_sync_bn(model: nn.Module, *, trainable_only: bool = True) -> nn.Module:
-    """Replace the BN layers of ``model`` by :class:`SyncBatchNorm`, in place; returns ``model``.
+    """Replace the BN layers of ``model`` by synchronised ones, in place; returns ``model``.
+
+    Each layer gets PyTorch's ``nn.SyncBatchNorm`` (``nn.SyncBatchNorm.convert_sync_batchnorm``)
+    when it sits on a CUDA device and the process group runs NCCL, and :class:`SyncBatchNorm`
+    everywhere else: on the CPU with gloo, where PyTorch's layer does not run, and outside a
+    process group (decided when converting, :func:`_torch_layer_fits`). Notebook 11 runs with
+    gloo, so it gets the layer it writes out. Both layers keep the parameters, buffers,
+    ``requires_grad`` flags and train/eval flag, and the state_dict layout.
 
     ``trainable_only`` (the default) leaves alone every BN layer that is in eval mode (a
     frozen stage: ECN's conv1..layer2, pinned to eval by ``ReIDNet.train``), since a layer
     that uses its running statistics has nothing to synchronise. Put the model in train mode
     first (``model.train()``), so that exactly the frozen layers are in eval.
     """
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
     for name, child in list(model.named_children()):
-        if is_bn(child) and isinstance(child, _BatchNorm) and not isinstance(child, SyncBatchNorm):
+        if is_bn(child) and isinstance(child, _BatchNorm):
             if child.training or not trainable_only:
-                setattr(model, name, SyncBatchNorm.from_bn(child))
+                setattr(model, name, _synced(child, backend))
         else:
             convert_sync_bn(child, trainable_only=trainable_only)
     return model
+
+
+def _torch_layer_fits(device: torch.device, backend: str | None) -> bool:
+    """Whether a BN layer on ``device`` gets PyTorch's ``nn.SyncBatchNorm``: on CUDA with NCCL.
+
+    ``backend`` is the process group's (``dist.get_backend()``, ``None`` outside one; a
+    ``'cpu:gloo,cuda:nccl'`` group sends CUDA tensors through NCCL too).
+    """
+    return device.type == "cuda" and backend is not None and "nccl" in str(backend)
+
+
+def _synced(bn: _BatchNorm, backend: str | None) -> _BatchNorm:
+    """``bn`` synchronised: PyTorch's layer where it fits, else :class:`SyncBatchNorm` (a layer
+    already of that kind is returned as it is)."""
+    if _torch_layer_fits(module_device(bn), backend):
+        return bn if isinstance(bn, nn.SyncBatchNorm) else nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+    return bn if isinstance(bn, SyncBatchNorm) else SyncBatchNorm.from_bn(bn)

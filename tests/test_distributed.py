@@ -1,6 +1,7 @@
-"""BatchNorm and ECN across processes, on the CPU with gloo: SyncBN equals BN over the global batch,
-the exemplar memory stays identical on every process and equals one process's update on the
-concatenated batch, and ``torchrun ... -m reidlab.ecn`` trains, writes once, and resumes."""
+"""BatchNorm and ECN across processes, on the CPU with gloo: SyncBN equals BN over the global batch
+(the conversion picks PyTorch's layer only on CUDA with NCCL), the exemplar memory stays identical
+on every process and equals one process's update on the concatenated batch, and
+``torchrun ... -m reidlab.ecn`` trains, writes once, and resumes."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from reidlab.ecn.loop import ECNForward, make_optimizer, run_epoch
 from reidlab.ecn.rundir import check_resumable, load_checkpoint
 from reidlab.memory import InvarianceLoss, memory_update_
 from reidlab.models import ReIDNet
-from reidlab.syncbn import SyncBatchNorm, convert_sync_bn
+import reidlab.syncbn
+from reidlab.syncbn import SyncBatchNorm, _torch_layer_fits, convert_sync_bn
 
 from ecn_micro import CLI_SMALL, ROOT, make_worlds
 from gloo import spawn
@@ -80,6 +83,35 @@ def test_sync_conversion_leaves_frozen_layers_and_the_state_dict_alone():
     assert out.shape == (2, 512)
 
 
+def test_the_conversion_picks_torchs_layer_on_cuda_with_nccl_and_the_written_out_one_elsewhere():
+    assert _torch_layer_fits(torch.device("cuda", 0), "nccl")
+    assert _torch_layer_fits(torch.device("cuda", 1), "cpu:gloo,cuda:nccl")
+    assert not _torch_layer_fits(torch.device("cpu"), "gloo")  # nn.SyncBatchNorm does not run on the CPU
+    assert not _torch_layer_fits(torch.device("cpu"), "cpu:gloo,cuda:nccl")
+    assert not _torch_layer_fits(torch.device("cuda", 0), "gloo")
+    assert not _torch_layer_fits(torch.device("cuda", 0), None)  # outside a process group
+    net = convert_sync_bn(nn.Sequential(nn.BatchNorm2d(3), nn.SyncBatchNorm(3)).train())  # CPU, no group
+    assert [type(m) for m in net] == [SyncBatchNorm, SyncBatchNorm]
+
+
+def test_where_torchs_layer_fits_the_conversion_gives_it_the_same_layers_parameters_and_flags(monkeypatch):
+    """The CUDA + NCCL branch, with the device check answered yes on the CPU (no GPU here): which layers
+    change, and what they keep; that PyTorch's layer then synchronises is PyTorch's to test."""
+    ours = convert_sync_bn(ReIDNet(5, "resnet18", num_features=16, freeze="layer2").train())  # the CPU's layer
+    net = ReIDNet(5, "resnet18", num_features=16, freeze="layer2").train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in net.named_parameters()}
+    monkeypatch.setattr(reidlab.syncbn, "_torch_layer_fits", lambda device, backend: True)
+    convert_sync_bn(net)
+    theirs = {n for n, m in net.named_modules() if isinstance(m, nn.SyncBatchNorm)}
+    assert theirs and theirs == {n for n, m in ours.named_modules() if isinstance(m, SyncBatchNorm)}
+    assert not any(isinstance(m, SyncBatchNorm) for m in net.modules())
+    assert all(net.get_submodule(n).training for n in theirs)
+    assert list(net.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert {n: p.requires_grad for n, p in net.named_parameters()} == grads
+
+
 # --- the memory under DDP ------------------------------------------------------------------------------
 
 
@@ -106,20 +138,28 @@ def test_the_memory_is_identical_on_every_process_and_equals_one_process_on_the_
 
 def _gather_rank(rank, world, out):
     mine = torch.arange(3 - rank, dtype=torch.float32).view(-1, 1) + 10 * rank  # 3 rows on rank 0, 2 on rank 1
-    got = all_gather_cat(mine)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = all_gather_cat(mine)
+        indices = all_gather_cat(torch.arange(2 * rank) + 5)  # none on rank 0, two on rank 1
     try:
         all_gather_cat(torch.zeros(2, 1 + rank))
         refused = ""
     except ValueError as err:
         refused = str(err)
-    torch.save({"got": got, "refused": refused}, out / f"gather{rank}.pt")
+    torch.save({"got": got, "indices": indices, "refused": refused, "warned": [str(w.message) for w in caught]},
+               out / f"gather{rank}.pt")
 
 
 def test_gathering_unequal_batches_keeps_each_rows_and_other_shapes_are_refused_on_every_rank(tmp_path):
+    """Gathered into one tensor per collective (all_gather_single, or all_gather_into_tensor before it
+    existed), without the deprecation warning the latter gives in recent torch."""
     spawn(_gather_rank, tmp_path)
     for rank in range(2):
         res = torch.load(tmp_path / f"gather{rank}.pt")
         assert res["got"].flatten().tolist() == [0.0, 1.0, 2.0, 10.0, 11.0]  # rank order, no padding left
+        assert res["indices"].dtype == torch.long and res["indices"].tolist() == [5, 6]
+        assert res["warned"] == []
         assert "differ beyond dim 0" in res["refused"] and "(2, 1), (2, 2)" in res["refused"]
 
 
@@ -153,7 +193,8 @@ def _ddp_rank(rank, world, out):
     crit = InvarianceLoss(12, 16, knn=2, knn_epoch=1)
     crit.gather = all_gather_cat
     _train(model, DistributedDataParallel(ECNForward(model)), crit, mine(src), mine(tgt))
-    torch.save({"model": model.state_dict(), "memory": crit.memory}, out / f"ddp{rank}.pt")
+    layers = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in model.modules() if "SyncBatchNorm" in type(m).__name__})
+    torch.save({"model": model.state_dict(), "memory": crit.memory, "layers": layers}, out / f"ddp{rank}.pt")
 
 
 def test_a_ddp_step_with_syncbn_equals_a_step_on_the_global_batch(tmp_path):
@@ -161,6 +202,7 @@ def test_a_ddp_step_with_syncbn_equals_a_step_on_the_global_batch(tmp_path):
     (within 1e-4: float sums in another order, through two SGD steps of ECN's loss)."""
     spawn(_ddp_rank, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"ddp{r}.pt") for r in range(2))
+    assert r0["layers"] == r1["layers"] == ["reidlab.syncbn.SyncBatchNorm"]  # gloo on the CPU: the written-out layer
     for k in r0["model"]:
         assert torch.equal(r0["model"][k], r1["model"][k]), k  # every process ends with the same weights
     assert torch.equal(r0["memory"], r1["memory"])

@@ -34,12 +34,15 @@ cache (``fork``) or receive it with the dataset (``spawn``), and decode nothing.
 """
 from __future__ import annotations
 
+import functools
+
 import itertools
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from .camstyle import CameraColorStats, camera_color_stats, transfer_camera_style
 from .datasets import ReIDDataset
@@ -53,7 +56,6 @@ __all__ = [
     "ColorStyleTargetDataset",
     "CAMSTYLE_MODES",
     "target_train_dataset",
-    "ShardSampler",
     "make_loader",
     "ReIDLoaders",
     "make_reid_loaders",
@@ -398,37 +400,6 @@ class CacheFillingLoader(DataLoader):
         return super().__iter__()
 
 
-class ShardSampler(Sampler[int]):
-    """This process's share of a shuffled pass: every process draws the same permutation, then keeps
-    every ``world_size``-th index from position ``rank`` (notebook 11).
-
-    The shares are disjoint and equally long (``len(dataset) // world_size``), so an epoch is
-    still one pass over the data however many processes share it. The permutation comes from
-    the sampler's own generator, reseeded by the trainer every epoch with the same seed on every
-    process (:meth:`set_seed`); the loader's generator, different on each process, only seeds
-    the data-loader workers, so each process augments its images with its own random draws.
-    """
-
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int = 0) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} does not fit world_size {world_size}")
-        if num_samples < world_size:
-            raise ValueError(f"{num_samples} samples cannot be shared by {world_size} processes")
-        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
-        self.generator = torch.Generator()
-        self.set_seed(seed)
-
-    def set_seed(self, seed: int) -> None:
-        self.generator.manual_seed(int(seed))
-
-    def __iter__(self) -> Iterator[int]:
-        perm = torch.randperm(self.num_samples, generator=self.generator)
-        return iter(perm[self.rank :: self.world_size][: len(self)].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples // self.world_size
-
-
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -450,8 +421,17 @@ def make_loader(
     alive between epochs; they are then seeded only once, so a trainer that reseeds
     ``loader.generator`` every epoch to make each epoch reproducible on its own (exact
     resume) passes ``False``. A dataset built with ``cache=True`` is decoded once, before the
-    first epoch's workers start (:class:`CacheFillingLoader`). ``shard=(rank, world_size)``
-    makes a shuffled loader yield only this process's share (:class:`ShardSampler`).
+    first epoch's workers start (:class:`CacheFillingLoader`).
+
+    ``shard=(rank, world_size)`` makes a shuffled loader yield only this process's share
+    (notebook 11), through ``torch.utils.data.distributed.DistributedSampler`` with
+    ``drop_last=True``: every process draws the same permutation and keeps every
+    ``world_size``-th index from position ``rank``, so the shares are disjoint, equally long
+    (``len(dataset) // world_size``) and an epoch is still one pass over the data. The
+    permutation comes from the sampler's own seed (``loader.sampler.seed``, ``seed`` at first;
+    the trainer sets it each epoch, alike on every process: :func:`reidlab.ecn.loop.seed_epoch`);
+    the loader's generator, different on each process, then only seeds the workers, so each
+    process augments its images with its own random draws.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -459,11 +439,16 @@ def make_loader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     gen = torch.Generator()
     gen.manual_seed(int(seed))
-    sampler = None
+    sampler: DistributedSampler | None = None
     if shard is not None and shard[1] > 1:
         if not shuffle:
             raise ValueError("shard= is for shuffled training loaders; test loaders are read whole by one process")
-        sampler, shuffle = ShardSampler(len(dataset), *shard, seed=seed), False
+        rank, world_size = shard
+        size = len(dataset)  # type: ignore[arg-type]  # a map-style dataset, as DistributedSampler needs
+        if size < world_size:  # DistributedSampler would give every process an empty share
+            raise ValueError(f"{size} samples cannot be shared by {world_size} processes")
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        shuffle = False
     return CacheFillingLoader(
         dataset,
         batch_size=batch_size,
@@ -512,19 +497,19 @@ def make_reid_loaders(
     training set. The target loader's seed is ``seed + 1``, so the two domains are not
     shuffled alike. ``cache=True`` caches decoded images in every dataset (each image decoded
     once per run, see the module docstring). ``shard=(rank, world_size)`` gives each of several
-    processes its share of the two training sets (:class:`ShardSampler`); ``batch_size`` is then
-    the per-process batch. ``donors``: notebook 10's negative control for C
-    (:class:`CamStyleTargetDataset`).
+    processes its share of the two training sets (a ``DistributedSampler``, see
+    :func:`make_loader`); ``batch_size`` is then the per-process batch. ``donors``: notebook
+    10's negative control for C (:class:`CamStyleTargetDataset`).
     """
     train_tf = build_train_transform(height, width, random_erasing=random_erasing)
     test_tf = build_test_transform(height, width)
     src = ImageDataset(source.train, train_tf, cache=cache)
     tgt = target_train_dataset(target, train_tf, camstyle=camstyle, cache=cache, seed=seed, donors=donors)
-    kw = dict(num_workers=num_workers, device=device, persistent_workers=persistent_workers)
+    loader = functools.partial(make_loader, num_workers=num_workers, device=device, persistent_workers=persistent_workers)
     test_bs = test_batch_size or batch_size
     return ReIDLoaders(
-        make_loader(src, batch_size, shuffle=True, drop_last=True, seed=seed, shard=shard, **kw),
-        make_loader(tgt, batch_size, shuffle=True, drop_last=True, seed=seed + 1, shard=shard, **kw),
-        make_loader(ImageDataset(target.query, test_tf, cache=cache), test_bs, seed=seed, **kw),
-        make_loader(ImageDataset(target.gallery, test_tf, cache=cache), test_bs, seed=seed, **kw),
+        loader(src, batch_size, shuffle=True, drop_last=True, seed=seed, shard=shard),
+        loader(tgt, batch_size, shuffle=True, drop_last=True, seed=seed + 1, shard=shard),
+        loader(ImageDataset(target.query, test_tf, cache=cache), test_bs, seed=seed),
+        loader(ImageDataset(target.gallery, test_tf, cache=cache), test_bs, seed=seed),
     )
