@@ -8,17 +8,22 @@ both times and their ratio.
     python benchmarks/bench_memory.py                    # CPU, Market scale
     python benchmarks/bench_memory.py --device cuda      # on a GPU
     python benchmarks/bench_memory.py --repeat-frac 0.1  # 10% of each batch repeats an index
+    python benchmarks/bench_memory.py --threads 2        # torch's CPU threads (default: torch's own choice)
 
 The loop is :func:`reidlab.memory.memory_update_loop_` (the published code's
 ``for x, y in zip(inputs, targets): em[y] = ...``): 2 x 128 small kernels per step, each a
 Python round trip (on a GPU also a kernel launch and, for ``norm``, a host sync-free but
-serial reduction). The vectorised :func:`reidlab.memory.memory_update_` does one gather,
-two products and a sum, a normalisation and one scatter per step (one extra round per repeated
-index), in two batch-sized buffers it reuses from step to step, as :class:`InvarianceLoss` does.
+serial reduction). The vectorised :func:`reidlab.memory.memory_update_` gathers the rows and
+the features, then does two products and a sum, a normalisation and one scatter per step (one
+extra round per repeated index), in two buffers it reuses from step to step, as :class:`InvarianceLoss` does. With several
+CPU threads it takes the batch a few rows at a time, so that torch runs every op on this thread
+(a whole-batch op is split over the threads, and on a busy machine waits for a core).
+The load average printed with the sizes says how busy the machine was: the times depend on it.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -52,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat-frac", type=float, default=0.0, help="fraction of each batch that repeats an earlier index")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(args.seed)
     memory = F.normalize(torch.randn(args.num_samples, args.num_features, generator=g), dim=1).to(device)
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory {args.num_samples} x {args.num_features}, batch {args.batch}, {args.steps} steps, "
           f"rate {args.rate}, repeated {args.repeat_frac:.0%}, device {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     workspace: list[torch.Tensor] = []  # the update's buffers, kept between steps as InvarianceLoss keeps them
 
     def vectorised(m, idx, feats, rate):

@@ -33,12 +33,13 @@ Exactly as in the published code (and worth knowing):
 
 What differs from the reference, on purpose: the memory is a registered buffer (saved in
 ``state_dict`` and checkpoints, never touched by an optimizer or weight decay), the autograd
-Function is a modern static one, the update is vectorised over the batch (no Python loop;
-notebook 09 and ``benchmarks/bench_memory.py`` measure the speed-up), and a batch that
+Function is a modern static one, the update is vectorised over the batch (no loop over its
+samples; notebook 09 and ``benchmarks/bench_memory.py`` measure the speed-up), and a batch that
 contains an index more than once gives exactly what the reference's sequential loop gives.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,45 @@ def _scratch(workspace: list[torch.Tensor] | None, slot: int, rows: int, memory:
     return buf[:rows]
 
 
+#: A CPU op on fewer elements than this runs on the calling thread alone; a larger one is split
+#: over torch's threads (``at::internal::GRAIN_SIZE``).
+_GRAIN_SIZE = 32768
+
+
+def _rows_per_block(memory: torch.Tensor, batch: int) -> int:
+    """How many rows :func:`memory_update_` blends at once.
+
+    The whole batch on a GPU (fewest kernel launches) and on a CPU with one thread. On a CPU
+    with several threads, blocks just under torch's grain size (7 rows of 4,096 features), so
+    that torch runs every op on this thread. A whole Market batch is 2 MB, and torch would split
+    each op over its threads. On two idle cores that saves half a millisecond a step; when other
+    processes keep the cores busy, each split op waits for a core, and the update took 5 to 120 ms
+    a step instead of 0.4, up to ten times slower than the loop (``benchmarks/README.md``).
+    """
+    if memory.device.type != "cpu" or torch.get_num_threads() == 1:
+        return batch
+    return max(1, (_GRAIN_SIZE - 1) // memory.shape[1])
+
+
+def _update_rows_(memory: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                  rate: float, workspace: list[torch.Tensor] | None) -> None:
+    """``M[s] <- rate * M[s] + (1 - rate) * f``, normalised, for distinct ``slots`` and ``features[positions]``."""
+    # A copy of the block's features, which is scaled in place below: the caller's tensor is only read.
+    feats = torch.index_select(features, 0, positions, out=_scratch(workspace, 1, positions.numel(), memory))
+    # A non-finite feature never enters the memory (its loss is non-finite: the trainer stops).
+    # One sum checks the block (a finite sum means every entry is finite); only a block that
+    # fails it pays for the per-row check.
+    if not math.isfinite(feats.sum().item()):
+        finite = torch.isfinite(feats).all(dim=1)
+        slots, feats = slots[finite], feats[finite]
+    # rate * M[s] + (1 - rate) * f as the published code writes it: two products and a sum
+    # (a fused add(..., alpha=) may round differently).
+    rows = torch.index_select(memory, 0, slots, out=_scratch(workspace, 0, slots.numel(), memory)).mul_(rate)
+    rows.add_(feats.mul_(1.0 - rate))
+    rows.div_(rows.norm(dim=1, keepdim=True).clamp_min_(NORM_EPS))  # a zero row stays zero, not 0/0
+    memory.index_copy_(0, slots, rows)
+
+
 @torch.no_grad()
 def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, rate: float,
                    *, workspace: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -106,9 +146,10 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
     a zero row instead of 0/0 = NaN. For every other row the result is bit-identical to
     :func:`memory_update_loop_`.
 
-    ``workspace``: a list this function keeps its two batch-sized buffers in between calls
-    (:class:`InvarianceLoss` passes its own). On the CPU, fresh 2 MB buffers every step cost
-    more than the update itself (``benchmarks/bench_memory.py``); without one, they are fresh.
+    Speed on the CPU (``benchmarks/bench_memory.py``): ``workspace`` is a list in which this
+    function keeps its two buffers between calls (:class:`InvarianceLoss` passes its own), since
+    fresh 2 MB buffers every step cost more than the update itself; without one they are fresh.
+    With several threads, a round goes in blocks of a few rows (see :func:`_rows_per_block`).
 
     Returns ``memory`` (for chaining).
     """
@@ -119,6 +160,8 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
         )
     indices = indices.to(memory.device).long().view(-1)
     features = features.detach().to(memory.device, memory.dtype)
+    if features.untyped_storage().data_ptr() == memory.untyped_storage().data_ptr():
+        features = features.clone()  # rows of the memory itself: read them all before any row is written
     if indices.numel() != features.shape[0]:
         raise ValueError(f"{indices.numel()} indices for {features.shape[0]} features")
     if indices.numel() == 0:
@@ -127,28 +170,14 @@ def memory_update_(memory: torch.Tensor, indices: torch.Tensor, features: torch.
     if lo < 0 or hi >= memory.shape[0]:
         raise IndexError(f"index {lo if lo < 0 else hi} is outside the memory's {memory.shape[0]} slots "
                          "(an index is the image's position in the target training set)")
-    # A non-finite feature never enters the memory (its loss is non-finite: the trainer stops).
-    # One reduction checks the whole batch (a finite sum means every entry is finite); only a
-    # batch that fails it pays for the per-row check.
-    if not torch.isfinite(features.sum()):
-        finite = torch.isfinite(features).all(dim=1)
-        indices, features = indices[finite], features[finite]
-        if indices.numel() == 0:
-            return memory
     rank = _occurrence_rank(indices)
-    rounds = int(rank.max().item()) + 1
-    for r in range(rounds):
-        if rounds == 1:  # the usual case: distinct indices, no masking needed
-            idx, feats = indices, features
-        else:
-            sel = rank == r
-            idx, feats = indices[sel], features[sel]
-        # rate * M[i] + (1 - rate) * f as the published code writes it: two products and a sum
-        # (a fused add(..., alpha=) may round differently), in two batch-sized buffers.
-        rows = torch.index_select(memory, 0, idx, out=_scratch(workspace, 0, idx.numel(), memory)).mul_(rate)
-        rows.add_(torch.mul(feats, 1.0 - rate, out=_scratch(workspace, 1, idx.numel(), memory)))
-        rows.div_(rows.norm(dim=1, keepdim=True).clamp_min_(NORM_EPS))  # a zero row stays zero, not 0/0
-        memory.index_copy_(0, idx, rows)
+    block = _rows_per_block(memory, indices.numel())
+    for r in range(int(rank.max()) + 1):  # round r: every index's r-th occurrence, in batch order
+        positions = torch.nonzero(rank == r).view(-1)
+        slots = indices[positions]
+        for start in range(0, positions.numel(), block):
+            end = start + block
+            _update_rows_(memory, slots[start:end], features, positions[start:end], rate, workspace)
     return memory
 
 

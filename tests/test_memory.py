@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reidlab.memory as memory_module
 from reidlab.memory import (
     InvarianceLoss,
     knn_precision,
@@ -179,6 +180,62 @@ def test_a_workspace_is_reused_and_changes_no_bit():
     assert len(workspace) == 2 and [b.data_ptr() for b in workspace] == kept  # allocated once, reused since
     memory_update_(torch.zeros(5, 8), torch.tensor([1]), torch.ones(1, 8), 0.0, workspace=workspace)
     assert workspace[0].shape[1] == 8  # a memory of another width gets buffers of its own width
+
+
+def test_blocks_of_rows_give_the_bits_of_one_block(monkeypatch):
+    # With several CPU threads the update goes a few rows at a time (_rows_per_block); blocks of 3
+    # here, so that rounds of repeated indices and non-finite rows fall across block boundaries.
+    g = torch.Generator().manual_seed(4)
+    memory = F.normalize(torch.randn(60, 16, generator=g), dim=1)
+    indices = torch.randint(0, 20, (50,), generator=g)  # many repeats: several rounds of several blocks
+    features = torch.randn(50, 16, generator=g)
+    features[[3, 17]] = float("nan")
+    features[30, 2] = float("inf")
+    whole = memory_update_(memory.clone(), indices, features, 0.3)
+    monkeypatch.setattr(memory_module, "_rows_per_block", lambda memory, batch: 3)
+    blocks = memory_update_(memory.clone(), indices, features, 0.3, workspace=[])
+    assert torch.equal(blocks, whole)
+    finite = torch.isfinite(features).all(dim=1)
+    assert torch.equal(blocks, memory_update_loop_(memory.clone(), indices[finite], features[finite], 0.3))
+
+
+def test_rows_per_block_keeps_each_op_under_torchs_grain_size(monkeypatch):
+    market = torch.zeros(10, 4096)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert memory_module._rows_per_block(market, 128) == 128  # one thread: nothing to hand off, one block
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert memory_module._rows_per_block(market, 128) == 7  # 7 x 4,096 = 28,672 elements < 32,768
+    assert memory_module._rows_per_block(torch.zeros(2, 40_000), 128) == 1
+    assert memory_module._rows_per_block(torch.zeros(10, 4096, device="meta"), 128) == 128  # not a CPU
+
+
+def test_the_reused_buffers_never_alias_the_callers_tensors(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    memory = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    idx = torch.tensor([11, 10, 12, 13, 14])
+    workspace: list[torch.Tensor] = []
+    features = torch.randn(5, 8, generator=g)
+    kept = features.clone()
+    first = memory_update_(memory.clone(), idx, features, 0.4, workspace=workspace)
+    first_bits = first.clone()
+    second = memory_update_(memory.clone(), idx, torch.randn(5, 8, generator=g), 0.4, workspace=workspace)
+    assert torch.equal(first, first_bits)  # the second call wrote nothing into the first one's result
+    assert torch.equal(features, kept)  # the caller's features are read, never scaled in place
+    buffers = {b.untyped_storage().data_ptr() for b in workspace}
+    assert len(buffers) == 2 and not buffers & {t.untyped_storage().data_ptr() for t in (first, second, features)}
+    # features that are rows of the memory itself are all read before any row is written (the first
+    # block of 2 writes rows 13 and 14, which the next blocks read as features)
+    monkeypatch.setattr(memory_module, "_rows_per_block", lambda memory, batch: 2)
+    own, shifted = memory.clone(), torch.tensor([13, 14, 10, 11, 12])
+    memory_update_(own, shifted, own[10:15], 0.4, workspace=workspace)
+    assert torch.equal(own, memory_update_(memory.clone(), shifted, memory[10:15].clone(), 0.4))
+    # through the loss: backward leaves the features as they were, and each loss has its own buffers
+    crits = [InvarianceLoss(30, 8, knn=0) for _ in range(2)]
+    f = features.clone().requires_grad_(True)
+    for crit in crits:
+        crit(f, idx, 3).backward()
+    assert torch.equal(f.detach(), kept)
+    assert crits[0]._workspace[0].data_ptr() != crits[1]._workspace[0].data_ptr()
 
 
 def test_huge_finite_features_still_update_and_non_finite_rows_are_skipped():
