@@ -1,10 +1,8 @@
 """Re-ID evaluation: features, distances, the Market-1501 protocol (CMC, mAP, mINP).
 
-k-reciprocal re-ranking lives in :mod:`reidlab.rerank`.
-
 Notebook 08 (``08_reid_primer``) teaches everything in this module: it computes CMC, AP and
 INP by hand for a handful of queries and checks the numbers against :func:`evaluate_rank`.
-Notebooks 10 (ECN) and the DSBN / IBN-a notebooks then only call it.
+Notebooks 10 (ECN) and the DSBN / IBN-a notebooks then only call it. (Re-ranking: :mod:`reidlab.rerank`.)
 
 The protocol (Market-1501, as in the dataset's official MATLAB code and in torchreid):
 
@@ -44,16 +42,15 @@ The protocol (Market-1501, as in the dataset's official MATLAB code and in torch
   first in the gallery list is ranked first. An unstable sort (numpy's default quicksort,
   torch.sort on a GPU) may order ties differently from machine to machine.
 
-Two implementations give identical numbers (``tests/test_evaluation.py``): the slow, readable
-:func:`evaluate_rank_reference`, a per-query loop over a full (stable) argsort that notebook
-08 explains line by line, and :func:`evaluate_rank`, the fast one the other notebooks use
-(its Notes say how; ``benchmarks/bench_evaluation.py`` times both).
+:func:`evaluate_rank` gives the same numbers as the per-query loop over a stable argsort that
+notebook 08 writes (``tests/references.py``; ``benchmarks/bench_evaluation.py`` times both);
+:func:`evaluate` runs a model over query and gallery loaders and gives both AP rules at once.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -75,7 +72,9 @@ __all__ = [
     "extract_features",
     "pairwise_distance",
     "evaluate_rank",
-    "evaluate_rank_reference",
+    "Evaluation",
+    "evaluate",
+    "evaluate_features",
     "check_rank_inputs",
     "rank_gallery",
 ]
@@ -413,64 +412,66 @@ def _finish(first_rank, ap, inp, max_rank, ap_rule) -> RankResult:
     return RankResult(cmc, mAP, mINP, num_valid, len(ap), ap, inp, ap_rule)
 
 
-def _ap_inp(hit_ranks: np.ndarray, ap: str = "step") -> tuple[float, float]:
-    """AP (rule ``ap``) and INP = |G| / R_hard from the sorted 1-based ranks of a query's true matches.
-
-    Step AP: the mean of the precisions i / r_i; trapezoid AP averages each first with the
-    precision one rank earlier, (i - 1) / (r_i - 1) (1 at rank 1). ``math.fsum`` adds exactly
-    rounded: the result does not depend on summation order (same in both implementations).
-    """
-    n = len(hit_ranks)
-    hits = np.arange(1, n + 1)
+def _ap(hit_ranks: np.ndarray, rule: str) -> float:
+    """AP by ``rule`` (module docstring) from the sorted 1-based ranks of a query's true matches;
+    ``math.fsum`` adds exactly rounded, so the result does not depend on summation order."""
+    hits = np.arange(1, len(hit_ranks) + 1)
     precision = hits / hit_ranks
-    if ap == "trapezoid":
+    if rule == "trapezoid":
         before = np.where(hit_ranks > 1, (hits - 1) / np.maximum(hit_ranks - 1, 1), 1.0)
         precision = (before + precision) / 2
-    return math.fsum(precision) / n, n / float(hit_ranks[-1])
+    return math.fsum(precision) / len(hit_ranks)
 
 
-def evaluate_rank_reference(
-    distmat: Distances,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    max_rank: int = 50,
-    *,
-    ap: str = "step",
-) -> RankResult:
-    """The slow, readable Market-1501 evaluation: one full stable argsort per query.
+def _hit_ranks(d: np.ndarray, qp: np.ndarray, gp: np.ndarray, qc: np.ndarray, gc: np.ndarray,
+               chunk_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(query index, sorted 1-based ranks of its true matches)`` for each query that has one.
 
-    This is the version notebook 08 walks through, and the reference
-    :func:`evaluate_rank` is tested against (identical numbers). Arguments and result as
-    in :func:`evaluate_rank`; about 7x slower on a Market-size problem.
+    CMC, AP and INP only need the rank of each *true match* in the kept list: one plus the
+    number of kept items placed before it. So for a chunk of queries we sort the kept distances
+    (values only, excluded items set to +inf), much cheaper than a stable argsort of indices,
+    and find each true match's rank by binary search (``searchsorted``). A kept item at exactly
+    the same distance comes first when it comes first in the gallery (the stable-sort rule);
+    that rare case is counted exactly.
     """
-    ap = _check_ap_rule(ap)
+    for s in range(0, d.shape[0], chunk_size):
+        D = d[s : s + chunk_size]
+        excluded = _excluded(qp[s : s + chunk_size, None], qc[s : s + chunk_size, None], gp[None, :], gc[None, :])
+        positive = (gp[None, :] == qp[s : s + chunk_size, None]) & ~excluded
+        kept_sorted = np.where(excluded, np.inf, D)
+        kept_sorted.sort(axis=1)
+        rows, cols = np.nonzero(positive)  # row-major: the true matches of each row, in gallery order
+        bounds = np.searchsorted(rows, np.arange(D.shape[0] + 1))
+        for r in range(D.shape[0]):
+            pcols = cols[bounds[r] : bounds[r + 1]]
+            if pcols.size == 0:
+                continue  # skipped query
+            dp = D[r, pcols]
+            before = np.searchsorted(kept_sorted[r], dp, side="left")  # kept items strictly closer
+            ties = np.searchsorted(kept_sorted[r], dp, side="right") - before  # kept items at the same distance
+            hit_ranks = before + 1
+            for t in np.flatnonzero(ties > 1):  # tied with another kept item: gallery order decides
+                c = pcols[t]
+                hit_ranks[t] += np.count_nonzero((D[r, :c] == dp[t]) & ~excluded[r, :c])
+            hit_ranks.sort()
+            yield s + r, hit_ranks
+
+
+def _rank_results(distmat: Distances, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+                  g_camids: ArrayLike, max_rank: int, rules: tuple[str, ...], chunk_size: int) -> dict[str, RankResult]:
+    """One :class:`RankResult` per AP rule in ``rules``, all from one ranking of the gallery."""
     d, qp, gp, qc, gc, max_rank = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    nq = d.shape[0]
-    first_rank = np.zeros(nq, dtype=np.int64)
-    aps = np.full(nq, np.nan)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    first_rank, nq = np.zeros(d.shape[0], dtype=np.int64), d.shape[0]
+    aps = {rule: np.full(nq, np.nan) for rule in rules}
     inp = np.full(nq, np.nan)
-    for i in range(nq):
-        # 1. rank the whole gallery; ties keep gallery order (stable sort)
-        order = np.argsort(d[i], kind="stable")
-        # 2. drop same-id-same-camera images and junk
-        keep = ~_excluded(qp[i], qc[i], gp[order], gc[order])
-        matches = gp[order][keep] == qp[i]  # True where the ranked item is the query's person
-        if not matches.any():
-            continue  # no true match left: the query is skipped, not counted as a failure
-        # 3. 1-based ranks of the true matches in the remaining list
-        hit_ranks = np.flatnonzero(matches) + 1
-        first_rank[i] = hit_ranks[0]  # CMC: the query is a hit at every rank >= this one
-        # 4. AP: the precision (true matches so far / rank) at each true match, averaged
-        precision = np.cumsum(matches) / np.arange(1, len(matches) + 1)  # at every rank
-        terms = precision[matches]
-        if ap == "trapezoid":  # MATLAB: the mean of the precision one rank earlier and at the match
-            terms = (np.r_[1.0, precision][hit_ranks - 1] + terms) / 2  # 1.0 "before rank 1"
-        aps[i] = math.fsum(terms) / len(hit_ranks)  # fsum: exactly rounded, order-free
-        # 5. INP = 1 - NP: number of true matches / rank of the hardest (last) one
-        inp[i] = len(hit_ranks) / hit_ranks[-1]
-    return _finish(first_rank, aps, inp, max_rank, ap)
+    for i, hit_ranks in _hit_ranks(d, qp, gp, qc, gc, chunk_size):
+        first_rank[i] = hit_ranks[0]
+        for rule in rules:
+            aps[rule][i] = _ap(hit_ranks, rule)
+        inp[i] = len(hit_ranks) / float(hit_ranks[-1])  # INP = |G| / R_hard
+    return {rule: _finish(first_rank, aps[rule], inp.copy(), max_rank, rule) for rule in rules}
 
 
 def evaluate_rank(
@@ -500,6 +501,7 @@ def evaluate_rank(
     ap:
         ``"step"``: non-interpolated AP, as torchreid. ``"trapezoid"``: Market-1501's MATLAB
         ``compute_AP``, and ECN's (module docstring); never higher. Compare like with like.
+        :func:`evaluate` gives both from one ranking.
     chunk_size:
         Queries processed at once (memory ~ ``chunk_size x num_gallery x 10`` bytes).
 
@@ -513,48 +515,46 @@ def evaluate_rank(
     ValueError
         For inconsistent shapes, non-finite distances, non-integer ids, an unknown ``ap``
         rule, or when no query has a true match left.
-
-    Notes
-    -----
-    Identical results to :func:`evaluate_rank_reference` (tested), several times faster
-    (``benchmarks/bench_evaluation.py``). CMC, AP and INP only need the rank of each *true
-    match* in the kept list: one plus the number of kept items placed before it. So for a
-    chunk of queries we sort the kept distances (values only, excluded items set to +inf),
-    much cheaper than a stable argsort of indices, and find each true match's rank by binary
-    search (``searchsorted``). A kept item at exactly the same distance comes first when it
-    comes first in the gallery (the stable-sort rule); that rare case is counted exactly.
     """
     ap = _check_ap_rule(ap)
-    d, qp, gp, qc, gc, max_rank = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    nq = d.shape[0]
-    first_rank = np.zeros(nq, dtype=np.int64)
-    aps = np.full(nq, np.nan)
-    inp = np.full(nq, np.nan)
-    for s in range(0, nq, chunk_size):
-        D = d[s : s + chunk_size]
-        excluded = _excluded(qp[s : s + chunk_size, None], qc[s : s + chunk_size, None], gp[None, :], gc[None, :])
-        positive = (gp[None, :] == qp[s : s + chunk_size, None]) & ~excluded
-        kept_sorted = np.where(excluded, np.inf, D)
-        kept_sorted.sort(axis=1)
-        rows, cols = np.nonzero(positive)  # row-major: the true matches of each row, in gallery order
-        bounds = np.searchsorted(rows, np.arange(D.shape[0] + 1))
-        for r in range(D.shape[0]):
-            pcols = cols[bounds[r] : bounds[r + 1]]
-            if pcols.size == 0:
-                continue  # skipped query
-            dp = D[r, pcols]
-            before = np.searchsorted(kept_sorted[r], dp, side="left")  # kept items strictly closer
-            ties = np.searchsorted(kept_sorted[r], dp, side="right") - before  # kept items at the same distance
-            hit_ranks = before + 1
-            for t in np.flatnonzero(ties > 1):  # tied with another kept item: gallery order decides
-                c = pcols[t]
-                hit_ranks[t] += np.count_nonzero((D[r, :c] == dp[t]) & ~excluded[r, :c])
-            hit_ranks.sort()
-            first_rank[s + r] = hit_ranks[0]
-            aps[s + r], inp[s + r] = _ap_inp(hit_ranks, ap)
-    return _finish(first_rank, aps, inp, max_rank, ap)
+    return _rank_results(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, (ap,), chunk_size)[ap]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` returns: both AP rules' results (they share CMC and mINP) from one ranking
+    of ``distances`` (squared euclidean, query x gallery), and the ``query`` and ``gallery`` features."""
+
+    step: RankResult
+    trapezoid: RankResult
+    distances: np.ndarray
+    query: Features
+    gallery: Features
+
+
+def evaluate_features(query: Features, gallery: Features, max_rank: int = 50, *, chunk_size: int = 128) -> Evaluation:
+    """:func:`evaluate` from features already extracted (e.g. two slices of one forward pass)."""
+    if query.pids is None or query.camids is None or gallery.pids is None or gallery.camids is None:
+        raise ValueError("the features have no person/camera ids: extract them with labels=True")
+    dist = pairwise_distance(query.features, gallery.features)
+    res = _rank_results(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank, AP_RULES, chunk_size)
+    return Evaluation(res["step"], res["trapezoid"], dist, query, gallery)
+
+
+def evaluate(
+    model: nn.Module,
+    query: Iterable,
+    gallery: Iterable,
+    device: torch.device | str | None = None,
+    *,
+    max_rank: int = 50,
+) -> Evaluation:
+    """Features, distances and the Market protocol under both AP rules, from loaders of
+    ``(images, pids, camids, ...)``. The gallery is ranked once: each rule needs only the ranks
+    of the true matches, so the second rule costs almost nothing."""
+    q = extract_features(model, query, device, labels=True)
+    g = extract_features(model, gallery, device, labels=True)
+    return evaluate_features(q, g, max_rank)
 
 
 def rank_gallery(

@@ -172,13 +172,18 @@ def test_a_failing_evaluation_loses_no_training(worlds, tmp_path):
     assert "the file is empty" in message
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["metrics"] == {}  # the last epoch is trained and saved
-    seconds = [row["seconds"] for row in ckpt["history"]]
+    assert not (out / "metrics.json").exists() and len(json.loads((out / "history.json").read_text())) == 3
+    saved = (out / "checkpoint.pt").read_bytes()
     broken.write_bytes(good)
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert [row["seconds"] for row in ckpt["history"]] == seconds  # not trained again: only evaluated
-    assert ckpt["metrics"] and json.loads((out / "metrics.json").read_text()) == ckpt["metrics"]
+    assert (out / "checkpoint.pt").read_bytes() == saved  # not trained again, not even saved again: only evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rank1"] == json.loads((out / "history.json").read_text())[-1]["rank1"]
+    assert f"target rank-1 {100 * metrics['rank1']:.1f}%" in proc.stdout
+    again = run_cli(*args)  # now finished: returned as it is, nothing evaluated
+    assert again.returncode == 0 and "nothing was trained or evaluated" in again.stderr
+    assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
 def test_an_unreadable_training_image_is_named_through_worker_processes(worlds, tmp_path):

@@ -13,7 +13,7 @@ from reidlab.data.loaders import CamStyleTargetDataset, make_loader
 from reidlab.data.transforms import build_test_transform
 from reidlab.ecn import ECNConfig, build_ecn, evaluate_model
 from reidlab.ecn.config import CPU_NEW_LAYER_FACTOR, ECN_IMAGES_PER_PERSON, SCALED_KEYS, images_per_person, scaled_recipe
-from reidlab.ecn.run import other_person_donors
+from reidlab.ecn.build import other_person_donors
 from reidlab.data.loaders import ImageDataset
 from reidlab.memory import InvarianceLoss, smooth_targets
 from reidlab.models import ReIDNet

@@ -481,3 +481,122 @@ def test_resuming_a_finished_run_loads_no_data(worlds, cli_run, monkeypatch):
     ckpt = load_checkpoint(cli_run / "checkpoint.pt")
     for k, v in res.model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
+
+
+# --- one trainer path: one checkpoint per epoch, one validation, lines through logging -----------------
+
+
+def test_a_two_epoch_cli_run_checkpoints_twice_before_evaluating_validates_once_and_logs_its_lines(
+        worlds, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    import reidlab.ecn.config as ecn_config
+    import reidlab.ecn.run as ecn_run
+    import reidlab.ecn.rundir as rundir
+
+    events = []
+    real_save, real_evaluate, real_validate = rundir.atomic_save, ecn_run.evaluate_test, ecn_config._validate
+
+    def save(obj, path):
+        events.append(("write", Path(path).name, obj["epoch"] if Path(path).name == "checkpoint.pt" else None))
+        return real_save(obj, path)
+
+    def evaluate(*args, **kwargs):
+        events.append(("evaluate",))
+        return real_evaluate(*args, **kwargs)
+
+    def validate(config):
+        events.append(("validate",))
+        return real_validate(config)
+
+    monkeypatch.setattr(rundir, "atomic_save", save)
+    monkeypatch.setattr(ecn_run, "evaluate_test", evaluate)
+    monkeypatch.setattr(ecn_config, "_validate", validate)
+    out = tmp_path / "run"
+    args = ["--source", worlds["source"], "--target", worlds["target"], "--out", str(out),
+            *[a for a in CLI_SMALL if a != "--quiet"], "--epochs", "2", "--eval-every", "1"]
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="reidlab.ecn.run"):
+        assert main(args) == 0
+    # one checkpoint per epoch, each written before that epoch's evaluation; nothing written after it
+    assert events == [("validate",), ("write", "checkpoint.pt", 0), ("evaluate",),
+                      ("write", "checkpoint.pt", 1), ("evaluate",)]
+    # the per-epoch lines come from the trainer's logger (the CLI only shows them), after each evaluation
+    lines = [r.getMessage() for r in caplog.records if r.name == "reidlab.ecn.run"]
+    history = json.loads((out / "history.json").read_text())
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(f"rank-1 {100 * row['rank1']:.1f}%" in line for line, row in zip(lines, history))
+    err = capsys.readouterr().err
+    assert all(line in err for line in lines)
+    assert load_checkpoint(out / "checkpoint.pt")["metrics"] == {}  # the final metrics are metrics.json's
+    assert set(json.loads((out / "metrics.json").read_text())) >= {"rank1", "mAP"}
+    events.clear()
+    assert main([*args, "--quiet"]) == 0  # finished: loaded, no checkpoint written, no line printed
+    assert events == [("validate",)] and "epoch 1/2" not in capsys.readouterr().err
+
+
+def test_the_pretrained_weights_are_resolved_once_and_the_file_read_once(worlds, tmp_path, monkeypatch):
+    import reidlab.ecn.build as ecn_build
+    import reidlab.ecn.run as ecn_run
+    from reidlab.ecn.pretrain import pretrained_weights
+    from reidlab.models import ReIDNet
+
+    weights = tmp_path / "backbone.pt"
+    torch.save(ReIDNet(3, "resnet18").base.state_dict(), weights)
+    resolved, reads = [], []
+    real_load = torch.load
+
+    def spy(config, device="cpu", **kwargs):
+        resolved.append(config.pretrained)
+        return pretrained_weights(config, device, **kwargs)
+
+    def load(f, *args, **kwargs):
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(ecn_run, "pretrained_weights", spy)
+    monkeypatch.setattr(ecn_build, "pretrained_weights", spy)
+    monkeypatch.setattr(torch, "load", load)
+    train_ecn(_cfg(worlds, epochs=1, max_steps=1, pretrained=str(weights)), tmp_path / "run", progress=False)
+    assert resolved == [str(weights)] and reads.count(str(weights)) == 1
+
+
+def test_a_config_cannot_be_edited_after_it_was_validated():
+    import dataclasses
+
+    cfg = ECNConfig.from_profile("ci")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lam = 2.0  # would skip the range check: replace() validates
+    with pytest.raises(ValueError, match="lam must be"):
+        cfg.replace(lam=2.0)
+
+
+def test_an_evaluation_logged_after_the_checkpoint_survives_a_resume(worlds, tmp_path):
+    """eval_every=1: epoch 0's rank-1 goes into the logs after its checkpoint; a run killed then keeps it."""
+    out = tmp_path / "run"
+
+    def kill(epoch, *_):
+        if epoch == 0:
+            raise KeyboardInterrupt  # after epoch 0's checkpoint, evaluation and logs
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ecn(_cfg(worlds, eval_every=1), out, progress=False, callback=kill)
+    logged = json.loads((out / "history.json").read_text())
+    assert load_checkpoint(out / "checkpoint.pt")["history"][0]["rank1"] is None and logged[0]["rank1"] is not None
+    res = train_ecn(_cfg(worlds, eval_every=1), out, progress=False)
+    assert res.history[0]["rank1"] == logged[0]["rank1"] and all(r["rank1"] is not None for r in res.history)
+    assert json.loads((out / "history.json").read_text())[0] == logged[0]
+
+
+def test_logs_of_another_run_are_not_taken_for_the_checkpoints_evaluation(tmp_path):
+    from reidlab.ecn.rundir import logged_evaluation
+
+    row = {"epoch": 0, "steps": 3, "loss_src": 1.5, "loss_tgt": 2.0, "acc_src": 0.5, "lr": 0.1,
+           "knn_precision": None, "seconds": 1.25, "rank1": None, "mAP": None}
+    ckpt = {"history": [row], "metrics": {}}
+    assert logged_evaluation(tmp_path, ckpt) == ([row], {})  # no logs
+    (tmp_path / "history.json").write_text(json.dumps([{**row, "seconds": 9.0, "rank1": 0.5, "mAP": 0.4}]))
+    (tmp_path / "metrics.json").write_text(json.dumps({"rank1": 0.5}))
+    assert logged_evaluation(tmp_path, ckpt) == ([row], {})  # another run's row: not this checkpoint's
+    (tmp_path / "history.json").write_text(json.dumps([{**row, "rank1": 0.5, "mAP": 0.4}]))
+    assert logged_evaluation(tmp_path, ckpt) == ([{**row, "rank1": 0.5, "mAP": 0.4}], {"rank1": 0.5})

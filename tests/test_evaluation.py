@@ -10,13 +10,16 @@ from torch import nn
 
 from reidlab.evaluation import (
     AP_RULES,
+    Features,
+    evaluate_features,
     evaluate_rank,
-    evaluate_rank_reference,
     extract_features,
     pairwise_distance,
     rank_gallery,
 )
 from reidlab.rerank import re_ranking
+from references import evaluate_rank_reference
+from reidlab import evaluation
 
 BOTH = pytest.mark.parametrize("evaluate", [evaluate_rank, evaluate_rank_reference], ids=["fast", "reference"])
 
@@ -203,6 +206,35 @@ def test_fast_equals_reference_exactly(seed, round_to, ap):
         assert_identical(evaluate_rank(*problem, max_rank=20, ap=ap, chunk_size=chunk_size), ref)
     # the problem must exercise the protocol: some queries skipped, some not
     assert 0 < ref.num_valid_queries <= ref.num_queries
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_evaluate_features_gives_both_rules_from_one_ranking(seed):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(seed, round_to=1)
+    rng = np.random.default_rng(seed)
+    qf, gf = torch.from_numpy(rng.normal(size=(60, 5))).float(), torch.from_numpy(rng.normal(size=(400, 5))).float()
+    ev = evaluate_features(Features(qf, q_pids, q_cams), Features(gf, g_pids, g_cams), max_rank=20)
+    distmat = pairwise_distance(qf, gf)
+    assert np.array_equal(ev.distances, distmat)
+    for rule in AP_RULES:  # each rule exactly as its own evaluate_rank pass gives it
+        assert_identical(getattr(ev, rule), evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=20, ap=rule))
+    assert ev.trapezoid.mAP < ev.step.mAP  # the rules really differ on this problem
+    with pytest.raises(ValueError, match="labels=True"):
+        evaluate_features(Features(qf, None, None), Features(gf, g_pids, g_cams))
+
+
+def test_evaluate_runs_the_model_once_per_loader_in_eval_mode():
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    _, _, _, query = make_loader(n=9, seed=0)
+    _, _, _, gallery = make_loader(n=30, seed=1)
+    ev = evaluation.evaluate(model, query, gallery, max_rank=5)
+    assert model.training and set(model.seen_training) == {False}
+    q, g = extract_features(model, query), extract_features(model, gallery)
+    assert torch.equal(ev.query.features, q.features) and torch.equal(ev.gallery.features, g.features)
+    distmat = pairwise_distance(q.features, g.features)
+    assert_identical(ev.step, evaluate_rank(distmat, q.pids, g.pids, q.camids, g.camids, max_rank=5))
+    assert_identical(ev.trapezoid, evaluate_rank(distmat, q.pids, g.pids, q.camids, g.camids, max_rank=5, ap="trapezoid"))
 
 
 @pytest.mark.parametrize("ap", AP_RULES)

@@ -4,19 +4,23 @@ runs it.
 
 * :mod:`reidlab.ecn.config` -- :class:`ECNConfig` (every setting, ECN's defaults) and
   :func:`scaled_schedule` (ECN's lr step and kNN start scaled to a shorter run);
-* :mod:`reidlab.ecn.loop` -- the ECN step and one epoch (:func:`run_epoch`), and
-  :func:`train_source`, the supervised source baseline that shares that loop;
+* :mod:`reidlab.ecn.loop` -- the ECN step and one epoch (:func:`run_epoch`, :func:`ecn_epoch` on a
+  run's :class:`ECNParts`), and :func:`train_source`, the supervised source baseline that shares that loop;
 * :mod:`reidlab.ecn.pretrain` -- the backbone pretrained here on a third synthetic domain
   (:func:`synthetic_weights`, ``--pretrained synthetic``), the stand-in for ImageNet weights;
-* :mod:`reidlab.ecn.run` -- :func:`train_ecn`: build, train, checkpoint, resume, log;
+* :mod:`reidlab.ecn.build` -- :func:`load_domains` and :func:`build_ecn`: what a run trains with;
+* :mod:`reidlab.ecn.evaluate` -- :func:`evaluate_model`: ECN's test (pool5, and the embedding);
+* :mod:`reidlab.ecn.run` -- :func:`train_ecn`: train, checkpoint, evaluate, resume, log;
 * :mod:`reidlab.ecn.rundir` -- the run folder: checks, a lock, checkpoints and logs, nothing lost;
 * :mod:`reidlab.ecn.cli` -- the command line, one flag per setting.
 """
+from .build import build_ecn, load_domains
 from .cli import main
 from .config import INVARIANCES, ECNConfig, scaled_schedule
-from .loop import ecn_loss, make_optimizer, run_epoch, split_batch, train_source
-from .pretrain import SYNTHETIC, synthetic_weights
-from .run import ECNParts, ECNResult, build_ecn, evaluate_model, load_domains, pretrained_weights, train_ecn
+from .evaluate import evaluate_model
+from .loop import ECNParts, ecn_loss, make_optimizer, run_epoch, split_batch, train_source
+from .pretrain import SYNTHETIC, pretrained_weights, synthetic_weights
+from .run import ECNResult, train_ecn
 from .rundir import load_checkpoint
 
 __all__ = [

@@ -9,6 +9,9 @@ Under ``torchrun --nproc-per-node N -m reidlab.ecn ...`` the same command trains
 (DistributedDataParallel; gloo on the CPU, NCCL on CUDA): ``--batch-size`` stays the global batch,
 shared out; ``--sync-bn`` synchronises the BN layers that train; only rank 0 writes and speaks.
 
+Each epoch prints one line on stderr (the trainer logs it at level INFO on the ``reidlab.ecn.run``
+logger; ``--quiet`` hides it, with the progress bars).
+
 Exit codes: 0 on success (a one-line summary on stdout); 2 for bad input or a failing
 environment (missing data dir or dataset, unreadable image, mismatched checkpoint, bad setting,
 non-finite loss, an output folder in use or not writable, a full disk) with a one-line
@@ -31,10 +34,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from torch import nn
-
 from ..distributed import env_info
 from .config import INVARIANCES, PROFILE_KEYS, ECNConfig
+from .run import log as epoch_log
 from .run import train_ecn
 
 __all__ = ["build_parser", "config_from_args", "one_line", "main"]
@@ -95,26 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ECNConfig:
     """The profile's ECNConfig with every setting flag that was given (settings default to
-    ``argparse.SUPPRESS``, so the namespace holds only those; ``none`` sets an optional one to None)."""
+    ``argparse.SUPPRESS``, so the namespace holds only those; ``none`` sets an optional one to None),
+    and the number of processes torchrun started (``WORLD_SIZE``; 1 without torchrun)."""
     names = {f.name for f in dataclasses.fields(ECNConfig)} - set(NOT_FLAGS)
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return ECNConfig.from_profile(args.profile, **overrides)
+    return ECNConfig.from_profile(args.profile, **overrides, world_size=env_info().world_size)
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _epoch_line(config: ECNConfig, epoch: int, row: dict) -> str:
-    parts = [
-        f"epoch {epoch + 1}/{config.epochs}", f"loss_src {row['loss_src']:.3f}",
-        "" if row["loss_tgt"] is None else f"loss_tgt {row['loss_tgt']:.3f}",
-        f"acc_src {_pct(row['acc_src'])}",
-        "" if row["knn_precision"] is None else f"knn_prec {_pct(row['knn_precision'])}",
-        "" if row["rank1"] is None else f"rank-1 {_pct(row['rank1'])} mAP {_pct(row['mAP'])}",
-        f"{row['seconds']:.1f}s",
-    ]
-    return "  ".join(p for p in parts if p)
 
 
 def one_line(err: BaseException) -> str:
@@ -128,8 +119,9 @@ def one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _console(main_process: bool = True) -> Iterator[None]:
-    """Warnings as ``warning: ...`` lines, and the package's log messages as ``note: ...`` lines, on stderr.
+def _console(main_process: bool = True, epochs: bool = True) -> Iterator[None]:
+    """Warnings as ``warning: ...`` lines, and the package's log messages as ``note: ...`` lines, on stderr;
+    with ``epochs``, also the trainer's line per epoch (INFO on ``reidlab.ecn.run``), as it is.
 
     Under torchrun only rank 0 speaks (errors excepted): N copies of each line say nothing more.
     """
@@ -138,6 +130,11 @@ def _console(main_process: bool = True) -> Iterator[None]:
     handler.setLevel(logging.WARNING)
     logger = logging.getLogger("reidlab")
     logger.addHandler(handler)
+    lines = logging.StreamHandler(sys.stderr)  # the trainer's line per epoch, as it is (only rank 0 logs them)
+    level = epoch_log.level
+    if epochs:
+        epoch_log.addHandler(lines)
+        epoch_log.setLevel(logging.INFO)
     with warnings.catch_warnings():
         warnings.simplefilter("default" if main_process else "ignore")
         warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
@@ -145,6 +142,8 @@ def _console(main_process: bool = True) -> Iterator[None]:
             yield
         finally:
             logger.removeHandler(handler)
+            epoch_log.removeHandler(lines)
+            epoch_log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -196,16 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         info = env_info()
-        with _console(info.is_main), _stop_as_interrupt():
+        with _console(info.is_main, epochs=not args.quiet), _stop_as_interrupt():
             config = config_from_args(args)
             if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
                 raise FileNotFoundError(f"data dir not found: {config.data_dir}")
-
-            def report(epoch: int, model: nn.Module, criterion: Any, row: dict) -> None:
-                if not args.quiet:  # (train_ecn calls it on rank 0 only)
-                    print(_epoch_line(config, epoch, row), file=sys.stderr, flush=True)
-
-            result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet, callback=report)
+            result = train_ecn(config, args.out, resume=not args.no_resume, progress=not args.quiet)
     except KeyboardInterrupt as err:
         print(f"interrupted; rerun the same command to resume from {args.out}/checkpoint.pt", file=sys.stderr)
         _release(err)

@@ -218,13 +218,14 @@ def _normalise_invariance(value: str) -> str:
     raise ValueError(f"unknown invariance {value!r}; choose one of: {', '.join(INVARIANCES)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ECNConfig:
     """Every setting of an ECN run, primitives only (it round-trips through JSON).
 
-    Defaults are ECN's published settings at paper scale (each field's ``metadata['help']``
-    says what it is; ``python -m reidlab.ecn --help`` prints them all). :meth:`from_profile`
-    takes the sizes of :data:`PROFILE_KEYS` from a ``ci`` / ``laptop`` / ``gpu`` profile.
+    Validated once, when it is made, and frozen, so it stays valid (:meth:`replace` makes a
+    changed, validated copy). Defaults are ECN's published settings at paper scale (each field's
+    ``metadata['help']`` says what it is; ``python -m reidlab.ecn --help`` prints them all).
+    :meth:`from_profile` takes the sizes of :data:`PROFILE_KEYS` from a ``ci`` / ``laptop`` / ``gpu`` profile.
     Two settings are derived from ``epochs`` unless given: :attr:`decay_epoch` (from
     ``step_epoch``) and :attr:`knn_epoch` (from ``knn_start``), both by
     :func:`scaled_schedule`, so a shorter run keeps ECN's proportions.
@@ -287,7 +288,7 @@ class ECNConfig:
     profile: str | None = _setting(None, "the profile the sizes came from (a label)")
 
     def __post_init__(self) -> None:
-        self.invariance = _normalise_invariance(self.invariance)
+        object.__setattr__(self, "invariance", _normalise_invariance(self.invariance))  # frozen: set once, here
         _validate(self)
 
     @classmethod

@@ -13,9 +13,10 @@ a linear combination rather than the usual sum), and the published code computes
 ``'source-only'`` switch, and :func:`train_source`) ``L_src`` is trained alone with weight 1.
 
 :func:`run_epoch` is the one loop: :func:`train_source` (notebooks 06-08) calls it without a
-target, :func:`ecn_epoch` (used by :func:`reidlab.ecn.run.train_ecn`) with one. It never asks the
-GPU for a number inside the loop except every ``check_every`` steps, to catch a non-finite
-loss: per-step losses stay on the device until the epoch ends.
+target, :func:`ecn_epoch` (used by :func:`reidlab.ecn.run.train_ecn`) with one, on the
+:class:`ECNParts` of a run. It never asks the GPU for a number inside the loop except every
+``check_every`` steps, to catch a non-finite loss: per-step losses stay on the device until the
+epoch ends.
 """
 from __future__ import annotations
 
@@ -24,21 +25,24 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from ..data.loaders import ShardSampler
-from ..memory import knn_precision
+from ..memory import InvarianceLoss, knn_precision
 from ..models import param_groups
-from .config import scaled_schedule
+from .config import ECNConfig, scaled_schedule
 
 __all__ = [
+    "ECNParts",
     "split_batch",
     "make_optimizer",
     "ecn_loss",
@@ -138,23 +142,68 @@ class ECNForward(nn.Module):
         return out, self.model(t_img.to(img.device, non_blocking=True))["tgt_feat"], t_idx
 
 
-def _check_finite(
-    totals: list[torch.Tensor], src: list[torch.Tensor], tgt: list[torch.Tensor], start: int, desc: str, epoch: int
-) -> float:
-    """The last total loss; ``FloatingPointError`` naming the first non-finite one from step ``start`` on.
+class _Tally:
+    """An epoch's per-step losses and correct predictions, kept on the device until the epoch ends.
 
-    One device synchronisation for all the steps checked at once.
+    Every ``check_every`` steps one device synchronisation checks the losses added since the last
+    check, and a non-finite one raises ``FloatingPointError`` naming its step.
     """
-    recent = torch.stack(totals[start:]).cpu()
-    bad = (~torch.isfinite(recent)).nonzero()
-    if len(bad):
-        step = start + int(bad[0, 0])
-        parts = f"source {float(src[step]):.4g}" + (f", target {float(tgt[step]):.4g}" if tgt else "")
-        raise FloatingPointError(
-            f"{desc} loss is {float(totals[step])} at epoch {epoch}, step {step} ({parts}); "
-            "lower the learning rates or check the data"
-        )
-    return float(recent[-1])
+
+    def __init__(self, desc: str, epoch: int, check_every: int, bar: Any = None) -> None:
+        self.desc, self.epoch, self.check_every, self.bar = desc, epoch, check_every, bar
+        self.src: list[torch.Tensor] = []
+        self.tgt: list[torch.Tensor] = []
+        self.total: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.checked = 0  # steps whose loss is known to be finite
+
+    def add(self, loss: torch.Tensor, loss_src: torch.Tensor, loss_tgt: torch.Tensor | None,
+            logits: torch.Tensor, pid: torch.Tensor) -> None:
+        """Record one step (before it is taken: a non-finite loss stops training first)."""
+        self.src.append(loss_src.detach())
+        if loss_tgt is not None:
+            self.tgt.append(loss_tgt.detach())
+        self.total.append(loss.detach())
+        if len(self.total) - self.checked >= self.check_every:
+            last = self.check()
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{last:.3f}", refresh=False)
+        self.correct.append((logits.detach().argmax(1) == pid).sum())
+        self.sizes.append(pid.numel())
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def check(self) -> float:
+        """The last total loss; ``FloatingPointError`` naming the first non-finite one not checked yet."""
+        start, self.checked = self.checked, len(self.total)
+        recent = torch.stack(self.total[start:]).cpu()
+        bad = (~torch.isfinite(recent)).nonzero()
+        if len(bad):
+            step = start + int(bad[0, 0])
+            parts = f"source {float(self.src[step]):.4g}" + (f", target {float(self.tgt[step]):.4g}" if self.tgt else "")
+            raise FloatingPointError(
+                f"{self.desc} loss is {float(self.total[step])} at epoch {self.epoch}, step {step} ({parts}); "
+                "lower the learning rates or check the data"
+            )
+        return float(recent[-1])
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """:func:`run_epoch`'s result: the last steps checked, then means weighted by the batch sizes."""
+        if not self.sizes:
+            raise ValueError("the loader yielded no batch (with drop_last=True it needs at least one full batch)")
+        if self.checked < len(self.total):
+            self.check()
+        n = torch.tensor(self.sizes, dtype=torch.float64)
+        mean = lambda xs: float((torch.stack(xs).double().cpu() * n).sum() / n.sum())  # noqa: E731
+        return {
+            "loss_src": mean(self.src),
+            "loss_tgt": mean(self.tgt) if self.tgt else None,
+            "acc_src": float(torch.stack(self.correct).sum().cpu()) / sum(self.sizes),
+            "step_loss": torch.stack(self.total).cpu().tolist(),
+            "steps": len(self.sizes),
+            "seconds": seconds,
+        }
 
 
 def run_epoch(
@@ -185,7 +234,8 @@ def run_epoch(
 
     The forward pass goes through ``forward`` (default: :class:`ECNForward` around ``model``),
     one call per step for both batches, which is what DistributedDataParallel needs: the
-    distributed trainer passes its DDP-wrapped ``ECNForward``.
+    distributed trainer passes its DDP-wrapped ``ECNForward``. ``bar`` (a tqdm bar) advances by
+    one per step and shows the last checked loss; ``desc`` names the loop in warnings and errors.
 
     A batch of a single sample (a loader's last, incomplete batch) is skipped with a warning when
     the model trains BatchNorm layers, which cannot normalise one sample.
@@ -200,12 +250,7 @@ def run_epoch(
     """
     if check_every is None:
         check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
-    src_losses: list[torch.Tensor] = []
-    tgt_losses: list[torch.Tensor] = []
-    totals: list[torch.Tensor] = []
-    correct: list[torch.Tensor] = []
-    sizes: list[int] = []
-    checked = 0  # steps whose loss is known to be finite
+    tally = _Tally(desc, epoch, check_every, bar)
     t0 = time.perf_counter()
     net = forward if forward is not None else ECNForward(model)
     net.train()
@@ -221,43 +266,16 @@ def run_epoch(
             continue
         img, pid = img.to(device, non_blocking=True), pid.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            # without a criterion a target batch only passes through the network (the 'target-bn' control)
-            out, tgt_feat, t_idx = net(img, next_target)
+            out, tgt_feat, t_idx = net(img, next_target)  # without a criterion the target batch only passes through
         logits = _logits(out)
         loss_src = F.cross_entropy(logits.float(), pid, label_smoothing=label_smoothing)
-        loss_tgt = None
-        if criterion is not None:
-            loss_tgt = criterion(tgt_feat.float(), t_idx.to(device, non_blocking=True), epoch)
-            tgt_losses.append(loss_tgt.detach())
+        loss_tgt = None if criterion is None else criterion(tgt_feat.float(), t_idx.to(device, non_blocking=True), epoch)
         loss = ecn_loss(loss_src, loss_tgt, lam)
-        src_losses.append(loss_src.detach())
-        totals.append(loss.detach())
-        if len(totals) - checked >= check_every:
-            last = _check_finite(totals, src_losses, tgt_losses, checked, desc, epoch)
-            checked = len(totals)
-            if bar is not None:
-                bar.set_postfix(loss=f"{last:.3f}", refresh=False)
+        tally.add(loss, loss_src, loss_tgt, logits, pid)  # may raise FloatingPointError: the step is not taken
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # with an InvarianceLoss: also updates the memory rows of this target batch
         optimizer.step()
-        correct.append((logits.detach().argmax(1) == pid).sum())
-        sizes.append(pid.numel())
-        if bar is not None:
-            bar.update(1)
-    if not sizes:
-        raise ValueError("the loader yielded no batch (with drop_last=True it needs at least one full batch)")
-    if checked < len(totals):
-        _check_finite(totals, src_losses, tgt_losses, checked, desc, epoch)
-    n = torch.tensor(sizes, dtype=torch.float64)
-    mean = lambda xs: float((torch.stack(xs).double().cpu() * n).sum() / n.sum())  # noqa: E731
-    return {
-        "loss_src": mean(src_losses),
-        "loss_tgt": mean(tgt_losses) if criterion is not None else None,
-        "acc_src": float(torch.stack(correct).sum().cpu()) / sum(sizes),
-        "step_loss": torch.stack(totals).cpu().tolist(),
-        "steps": len(sizes),
-        "seconds": time.perf_counter() - t0,
-    }
+    return tally.summary(time.perf_counter() - t0)
 
 
 def train_source(
@@ -323,7 +341,7 @@ def train_source(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     history: dict[str, list[float]] = {"loss": [], "acc": [], "lr": [], "step_loss": []}
     for epoch in range(epochs):
-        total = len(loader) if hasattr(loader, "__len__") else None
+        total = len(loader) if isinstance(loader, Sized) else None
         with tqdm(total=total, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False) as bar:
             row = run_epoch(
                 model, optimizer, loader, device=device, epoch=epoch, amp=amp and device.type == "cuda",
@@ -355,12 +373,12 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def seed_epoch(seed: int, epoch: int, loaders: Sequence[Any], rank: int = 0) -> None:
+def seed_epoch(seed: int, epoch: int, loaders: Sequence[DataLoader | None], rank: int = 0) -> None:
     """Reseed Python's, NumPy's and PyTorch's generators and each loader's own generators for ``epoch``.
 
-    A loader that shares its data between processes (:class:`reidlab.data.loaders.ShardSampler`)
-    gets the same permutation seed on every process, so the shares stay disjoint; everything
-    else is seeded per process.
+    A loader that shares its data between processes (a ``DistributedSampler``, from
+    :func:`reidlab.data.loaders.make_loader`'s ``shard=``) gets the same permutation seed on
+    every process, so the shares stay disjoint; everything else is seeded per process.
     """
     s = epoch_seed(seed, epoch, 0, rank)
     random.seed(s)
@@ -370,13 +388,41 @@ def seed_epoch(seed: int, epoch: int, loaders: Sequence[Any], rank: int = 0) -> 
         if loader is None:
             continue
         loader.generator.manual_seed(epoch_seed(seed, epoch, i, rank))
-        if isinstance(loader.sampler, ShardSampler):
-            loader.sampler.set_seed(epoch_seed(seed, epoch, i))
+        if isinstance(loader.sampler, DistributedSampler):  # it permutes with seed + epoch: counted in passes
+            loader.sampler.seed = epoch_seed(seed, epoch, i)
+            loader.sampler.set_epoch(0)
 
 
-def _cycle(loader: Any) -> Callable[[], Any]:
+@dataclass
+class ECNParts:
+    """Everything an ECN run trains with: what :func:`reidlab.ecn.run.build_ecn` builds and
+    :func:`ecn_epoch` trains, one epoch at a time."""
+
+    model: nn.Module
+    criterion: InvarianceLoss | None  # None for 'source-only'
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    source_train: DataLoader  # batches of (img, pid, camid, index)
+    target_train: DataLoader | None  # batches of (img, index); None without a target batch ('source-only')
+    query: DataLoader  # the target's test query and gallery
+    gallery: DataLoader
+    source_query: DataLoader | None  # the source's test query and gallery (None unless eval_source)
+    source_gallery: DataLoader | None
+    device: torch.device
+    amp: bool  # bf16 autocast in effect (CUDA and config.amp)
+    true_ids: torch.Tensor  # hidden true identity of each target training image (measuring only)
+    forward: nn.Module | None = None  # several processes: the DDP-wrapped ECNForward; None: one process
+    rank: int = 0  # this process's rank (0 in a single process)
+    #: :func:`reidlab.ecn.pretrain.state_digest` of the backbone the run started from (before any step);
+    #: a resumed run keeps its checkpoint's, so the record names the start even if the cache was rebuilt
+    backbone_digest: str | None = None
+
+
+def _cycle(loader: DataLoader) -> Callable[[], Any]:
     """``next_target`` for :func:`run_epoch`: the loader's next batch, restarting it when exhausted
-    (ECN cycles the target set, whose size differs from the source's)."""
+    (ECN cycles the target set, whose size differs from the source's). A restarted loader that
+    shares its data between processes draws a new permutation, alike on every process (its
+    ``DistributedSampler`` would otherwise repeat the last one), as a single process's does."""
     it: Iterator | None = None
 
     def next_batch() -> Any:
@@ -386,7 +432,8 @@ def _cycle(loader: Any) -> Callable[[], Any]:
                 try:
                     return next(it)
                 except StopIteration:
-                    pass
+                    if isinstance(loader.sampler, DistributedSampler):
+                        loader.sampler.set_epoch(loader.sampler.epoch + 1)
             it = iter(loader)
         raise ValueError(
             "the target loader yields no batch: fewer target training images than batch_size (with drop_last)"
@@ -395,14 +442,13 @@ def _cycle(loader: Any) -> Callable[[], Any]:
     return next_batch
 
 
-def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> dict[str, Any]:
+def ecn_epoch(parts: ECNParts, config: ECNConfig, epoch: int, *, progress: bool = True) -> dict[str, Any]:
     """One ECN epoch of :func:`reidlab.ecn.train_ecn`: one pass over the source loader (or
     ``config.max_steps``), the target cycled; returns the row ``log.csv`` gets.
 
-    ``parts`` is the :class:`reidlab.ecn.run.ECNParts` of the run. Every generator is reseeded
-    from ``(config.seed, epoch)`` first (:func:`seed_epoch`), so the epoch depends only on the
-    state a checkpoint holds. ``knn_precision`` measures the memory against the target's
-    hidden true identities (never used for training).
+    Every generator is reseeded from ``(config.seed, epoch)`` first (:func:`seed_epoch`), so the
+    epoch depends only on the state a checkpoint holds. ``knn_precision`` measures the memory
+    against the target's hidden true identities (never used for training).
     """
     seed_epoch(config.seed, epoch, [parts.source_train, parts.target_train], rank=parts.rank)
     crit = parts.criterion
@@ -428,13 +474,19 @@ def ecn_epoch(parts: Any, config: Any, epoch: int, *, progress: bool = True) -> 
             f"{chance:.3f}, after the first epoch: a broken run, not a baseline (lower the learning rates; with "
             "ecn_exact=False they scale with the batch)", UserWarning, stacklevel=2,
         )
-    knn = None
-    if crit is not None and 1 <= config.knn < len(parts.true_ids):
-        ids = parts.true_ids.to(crit.memory.device)
-        by_slot = torch.empty_like(ids)
-        by_slot[crit.slot_map] = ids  # the slot each image wrote to holds that image's id
-        knn = float(knn_precision(crit.memory, by_slot, config.knn))
     return {
         "epoch": epoch, "steps": row["steps"], "loss_src": row["loss_src"], "loss_tgt": row["loss_tgt"], "acc_src": row["acc_src"],
-        "lr": lr, "knn_precision": knn, "seconds": row["seconds"], "rank1": None, "mAP": None,
+        "lr": lr, "knn_precision": _memory_knn_precision(parts, config.knn), "seconds": row["seconds"],
+        "rank1": None, "mAP": None,
     }
+
+
+def _memory_knn_precision(parts: ECNParts, k: int) -> float | None:
+    """How many of each memory slot's ``k`` nearest slots hold the same (hidden) person; None without a memory."""
+    crit = parts.criterion
+    if crit is None or not 1 <= k < len(parts.true_ids):
+        return None
+    ids = parts.true_ids.to(crit.memory.device)
+    by_slot = torch.empty_like(ids)
+    by_slot[crit.slot_map] = ids  # the slot each image wrote to holds that image's id
+    return float(knn_precision(crit.memory, by_slot, k))

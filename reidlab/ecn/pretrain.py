@@ -41,14 +41,16 @@ from ..data.datasets import load_reid_dataset
 from ..data.loaders import ImageDataset, make_loader
 from ..data.synth import GENERATOR_VERSION, Scale, make_synthetic_reid
 from ..data.transforms import build_test_transform, build_train_transform
-from .loop import train_source
-from ..evaluation import evaluate_rank, extract_features, pairwise_distance
+from ..evaluation import evaluate
 from ..models import ReIDNet
+from ..profiles import resolve_profile
 from ..runtime import resolve_device, seed_everything, torch_threads
+from .config import ECNConfig
+from .loop import train_source
 
 __all__ = [
     "SYNTHETIC", "CORPUS", "PRETRAIN_THREADS", "PretrainSize", "PRETRAIN_SIZES", "pretrain_backbone",
-    "synthetic_weights", "state_digest",
+    "synthetic_weights", "pretrained_weights", "state_digest",
 ]
 
 #: Torch threads of every CPU pretraining, whatever the caller's count (part of the backbone's bits).
@@ -165,9 +167,8 @@ def _pretrain(arch: str, height: int, width: int, size: PretrainSize, seed: int,
         progress=progress, desc="pretraining",
     )
     test_tf = build_test_transform(height, width)
-    q = extract_features(model, make_loader(ImageDataset(data.query, test_tf), 2 * size.batch_size), dev, labels=True)
-    g = extract_features(model, make_loader(ImageDataset(data.gallery, test_tf), 2 * size.batch_size), dev, labels=True)
-    held_out = evaluate_rank(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids)
+    query, gallery = (make_loader(ImageDataset(items, test_tf), 2 * size.batch_size) for items in (data.query, data.gallery))
+    held_out = evaluate(model, query, gallery, dev).step
     metrics = {
         "steps": len(history["step_loss"]), "train_acc": float(history["acc"][-1]),
         "held_out_rank1": float(held_out.cmc[0]), "held_out_mAP": float(held_out.mAP),
@@ -211,3 +212,20 @@ def synthetic_weights(
 
     load_or_train(f"pretrain-{CORPUS}-{arch}", train, key, root=root, retrain=retrain)
     return cache_path(f"pretrain-{CORPUS}-{arch}", key, root=root)
+
+
+def pretrained_weights(config: ECNConfig, device: str | torch.device = "cpu", *, progress: bool = True) -> str | None:
+    """What ``ReIDNet(pretrained=...)`` gets for ``config.pretrained``.
+
+    ``'synthetic'`` is the file of :func:`synthetic_weights` for this architecture, input size
+    and profile (trained on ``device`` on first use, then cached in the data dir); anything else
+    (``None``, a torchvision weights name, a file) is passed on. A config without a profile label
+    takes the pretraining size of the profile :func:`reidlab.profiles.resolve_profile` picks.
+    """
+    if config.pretrained != SYNTHETIC:
+        return config.pretrained
+    profile = config.profile or resolve_profile().name
+    return os.fspath(synthetic_weights(
+        config.arch, height=config.height, width=config.width, profile=profile, device=device,
+        root=config.data_dir, progress=progress,
+    ))

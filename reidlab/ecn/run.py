@@ -1,89 +1,53 @@
 """An ECN run: build it, train it epoch by epoch with a checkpoint after each, resume it, log it.
 
-:func:`train_ecn` is what the notebooks and ``python -m reidlab.ecn`` call. Around the loop of
-:mod:`reidlab.ecn.loop` it adds what a run on a shared machine needs: every epoch ends with an
+:func:`train_ecn` is what the notebooks and ``python -m reidlab.ecn`` call. Around the epoch of
+:mod:`reidlab.ecn.loop` it adds what a run on a shared machine needs: every epoch ends with one
 atomic checkpoint (model, optimizer, LR schedule, memory, history; read back with
-``weights_only=True``), ``log.csv`` / ``history.json`` rows, and an exact resume (on the CPU a
-run killed after epoch k and resumed ends with the same bits as an uninterrupted one).
+``weights_only=True``), written before the epoch is evaluated, then ``log.csv`` / ``history.json``
+rows (and ``metrics.json`` after the last), all in the run folder of :mod:`reidlab.ecn.rundir`; and
+an exact resume (on the CPU a run killed after epoch k and resumed ends with the same bits as an
+uninterrupted one). The test protocol is :mod:`reidlab.ecn.evaluate`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from ..data.datasets import ReIDDataset, load_reid_dataset
-from ..data.loaders import ImageDataset, make_loader, make_reid_loaders
-from ..data.transforms import build_test_transform
-from ..distributed import DistInfo, all_gather_cat, barrier, init_from_env, main_first
-from ..evaluation import evaluate_rank, extract_features, pairwise_distance
-from ..files import atomic_write_text
+from ..data.datasets import ReIDDataset
+from ..distributed import DistInfo, barrier, init_from_env, main_first
 from ..memory import InvarianceLoss
-from ..models import ReIDNet
-from ..profiles import resolve_profile
 from ..runtime import resolve_device, seed_everything
-from ..syncbn import convert_sync_bn
+from .build import build_ecn, build_model, load_domains
 from .config import ECNConfig, knn_warning
-from .loop import ECNForward, ecn_epoch, make_optimizer
-from .pretrain import SYNTHETIC, state_digest, synthetic_weights
+from .evaluate import evaluate_model, evaluate_test
+from .loop import ECNParts, ecn_epoch
+from .pretrain import pretrained_weights
 from .rundir import (
+    CHECKPOINT,
     check_out_dir,
-    check_resumable,
-    load_checkpoint,
     load_state,
-    move_aside,
-    prepare,
-    run_lock,
+    logged_evaluation,
+    open_run,
+    record_start,
+    restore,
     save_checkpoint,
     write_logs,
 )
 
-__all__ = [
-    "ECNParts",
-    "ECNResult",
-    "load_domains",
-    "build_ecn",
-    "pretrained_weights",
-    "other_person_donors",
-    "evaluate_model",
-    "train_ecn",
-]
+__all__ = ["ECNResult", "train_ecn"]
 
-
-
-@dataclass
-class ECNParts:
-    """Everything :func:`train_ecn` trains with, built by :func:`build_ecn`."""
-
-    model: nn.Module
-    criterion: InvarianceLoss | None  # None for 'source-only'
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    source_train: Any  # DataLoader of (img, pid, camid, index)
-    target_train: Any | None  # DataLoader of (img, index); None for 'source-only'
-    query: Any  # target query / gallery loaders
-    gallery: Any
-    source_query: Any | None  # source query / gallery (None unless eval_source)
-    source_gallery: Any | None
-    device: torch.device
-    amp: bool  # bf16 autocast in effect (CUDA and config.amp)
-    true_ids: torch.Tensor  # hidden true identity of each target training image (measuring only)
-    forward: nn.Module | None = None  # several processes: the DDP-wrapped ECNForward; None: one process
-    rank: int = 0  # this process's rank (0 in a single process)
-    #: :func:`reidlab.ecn.pretrain.state_digest` of the backbone the run started from (before any step);
-    #: a resumed run keeps its checkpoint's, so the record names the start even if the cache was rebuilt
-    backbone_digest: str | None = None
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +56,7 @@ class ECNResult:
 
     ``history`` has one dict per epoch (the columns of ``log.csv``); ``metrics`` the final
     target-domain test metrics (``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mAP_trapezoid``, ``mINP``,
-    fractions; :func:`evaluate_model`)
+    fractions; :func:`reidlab.ecn.evaluate.evaluate_model`)
     and, with ``eval_source``, the same for the source domain prefixed ``source_``.
     ``distmat`` holds the target query x gallery distances those metrics were computed from
     (rows and columns in the order of the dataset's query and gallery lists), so that a caller
@@ -105,230 +69,14 @@ class ECNResult:
     history: list[dict[str, Any]]
     metrics: dict[str, float]
     model: nn.Module
-    criterion: nn.Module | None
+    criterion: InvarianceLoss | None
     out_dir: Path | None = None
     distmat: np.ndarray | None = None
     backbone_digest: str | None = None  # the start's weights (ECNParts.backbone_digest); None for an old checkpoint
     already_finished: bool = False  # the run folder held it finished: loaded, nothing trained or evaluated
 
 
-EpochCallback = Callable[[int, nn.Module, "nn.Module | None", dict], None]
-
-
-def load_domains(config: ECNConfig) -> tuple[ReIDDataset, ReIDDataset]:
-    """Parse (generating a synthetic world if needed) the source and the target dataset.
-
-    Raises ``FileNotFoundError`` when ``config.data_dir`` is given but is not a folder, or a
-    dataset cannot be found, and ``ValueError`` for a wrong layout (messages name the path).
-    """
-    root = None
-    if config.data_dir is not None:
-        root = Path(config.data_dir).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"data dir not found: {root} (create it; real datasets are read from it and "
-                "synthetic worlds are generated in it)"
-            )
-    kw = dict(scale=config.synth_scale, seed=config.synth_seed)
-    return load_reid_dataset(config.source, root, **kw), load_reid_dataset(config.target, root, **kw)
-
-
-def pretrained_weights(config: ECNConfig, device: str | torch.device = "cpu", *, progress: bool = True) -> str | None:
-    """What ``ReIDNet(pretrained=...)`` gets for ``config.pretrained``.
-
-    ``'synthetic'`` is the file of :func:`reidlab.ecn.pretrain.synthetic_weights` for this
-    architecture, input size and profile (trained on ``device`` on first use, then cached in
-    the data dir); anything else (``None``, a torchvision weights name, a file) is passed on.
-    A config without a profile label takes the pretraining size of the profile
-    :func:`reidlab.profiles.resolve_profile` picks.
-    """
-    if config.pretrained != SYNTHETIC:
-        return config.pretrained
-    profile = config.profile or resolve_profile().name
-    return os.fspath(synthetic_weights(
-        config.arch, height=config.height, width=config.width, profile=profile, device=device,
-        root=config.data_dir, progress=progress,
-    ))
-
-
-def _build_model(config: ECNConfig, num_classes: int, num_samples: int, device: torch.device):
-    """ReIDNet and (unless source-only) its InvarianceLoss with one slot per target training image."""
-    cuda = device.type == "cuda"
-    model = ReIDNet(
-        num_classes, config.arch, pretrained=pretrained_weights(config, device), num_features=config.num_features,
-        dropout=config.dropout, neck=config.neck, freeze=config.freeze, channels_last=config.channels_last and cuda,
-    ).to(device)
-    criterion = None
-    if config.uses_target:
-        criterion = InvarianceLoss(
-            num_samples, model.num_features, beta=config.beta, knn=config.knn if config.uses_knn else 0,
-            alpha=config.alpha, knn_epoch=config.knn_epoch, random_neighbours=config.control == "random-neighbours",
-        ).to(device)
-    return model, criterion
-
-
-def build_ecn(
-    config: ECNConfig, source: ReIDDataset, target: ReIDDataset, device: str | torch.device | None = None,
-    rank: int = 0,
-) -> ECNParts:
-    """Model, memory loss, optimizer, LR schedule and loaders of an ECN run.
-
-    * :class:`reidlab.models.ReIDNet` with ``num_classes = source.num_train_pids``;
-      bf16 autocast and channels_last only on CUDA;
-    * :class:`reidlab.memory.InvarianceLoss` with one slot per target training image and
-      ``knn = config.knn`` when the invariance has N, else 0 (none for ``'source-only'``);
-    * :func:`reidlab.ecn.loop.make_optimizer` (two lr groups) and a ``MultiStepLR`` at
-      ``config.decay_epoch``;
-    * the target training loader per :attr:`ECNConfig.target_camstyle` (plain images, the
-      CamStyle folder or the colour stand-in), with no persistent workers so that reseeding
-      the loaders' generators every epoch makes each epoch reproducible on its own.
-
-    With ``config.world_size > 1`` (inside a process group, as :func:`train_ecn` sets it up under
-    torchrun) the parts are this process's: ``config.batch_per_process`` images per step from
-    its share of each training set (:class:`reidlab.data.loaders.ShardSampler`), a memory that
-    gathers every process's batch before it updates (:func:`reidlab.distributed.all_gather_cat`),
-    the trainable BN layers synchronised with ``config.sync_bn``, and the step's forward pass
-    wrapped in DistributedDataParallel.
-
-    The model's initial weights come from the global RNG: seed it first (``train_ecn`` does).
-    """
-    dev = resolve_device(config.device) if device is None else torch.device(device)
-    if config.pretrained is None and config.freeze is not None:
-        warnings.warn(
-            f"freeze={config.freeze!r} with pretrained=None freezes randomly initialised layers (ECN freezes "
-            "ImageNet-trained ones): pass pretrained ('synthetic', made here, 'IMAGENET1K_V1' or a weights file) "
-            "or freeze=None",
-            UserWarning,
-            stacklevel=2,
-        )
-    model, criterion = _build_model(config, source.num_train_pids, len(target.train), dev)
-    digest = state_digest(model.base.state_dict())  # before any step: what the run starts from
-    forward = _distribute(model, criterion, config, dev) if config.world_size > 1 else None
-    optimizer = make_optimizer(
-        model, lr_backbone=config.lr_backbone, lr_new=config.lr_new, momentum=config.momentum,
-        weight_decay=config.weight_decay, nesterov=config.nesterov,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[config.decay_epoch], gamma=config.gamma)
-    loaders = make_reid_loaders(
-        source, target, height=config.height, width=config.width, batch_size=config.batch_per_process,
-        num_workers=config.num_workers, seed=config.seed, device=dev, camstyle=config.target_camstyle,
-        random_erasing=config.random_erasing, cache=config.cache_images, persistent_workers=False,
-        test_batch_size=2 * config.batch_size, shard=(rank, config.world_size) if config.world_size > 1 else None,
-        donors=other_person_donors(target, config.seed) if config.control == "camstyle-other-person" else None,
-    )
-    src_q = src_g = None
-    if config.eval_source:
-        tf = build_test_transform(config.height, config.width)
-        kw = dict(num_workers=config.num_workers, device=dev, persistent_workers=False)
-        src_q = make_loader(ImageDataset(source.query, tf, cache=config.cache_images), 2 * config.batch_size, **kw)
-        src_g = make_loader(ImageDataset(source.gallery, tf, cache=config.cache_images), 2 * config.batch_size, **kw)
-    return ECNParts(
-        model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-        source_train=loaders.source_train, target_train=loaders.target_train if config.uses_target_batch else None,
-        query=loaders.query, gallery=loaders.gallery, source_query=src_q, source_gallery=src_g,
-        device=dev, amp=bool(config.amp and dev.type == "cuda"),
-        true_ids=torch.as_tensor(list(target.train_original_pids), dtype=torch.long), forward=forward, rank=rank,
-        backbone_digest=digest,
-    )
-
-
-def other_person_donors(target: ReIDDataset, seed: int) -> list[int]:
-    """For each target training image, another person's image (notebook 10's negative control for C).
-
-    Drawn once per run from ``seed``, using the hidden true identities, which the control may use
-    and ECN never does: each image's CamStyle views are replaced by the views of a fixed image of
-    someone else (:class:`reidlab.data.loaders.CamStyleTargetDataset`'s ``donors``).
-    """
-    ids = np.asarray(list(target.train_original_pids))
-    rng = np.random.default_rng([int(seed), 7])
-    donors = []
-    for i, pid in enumerate(ids):
-        others = np.flatnonzero(ids != pid)
-        if len(others) == 0:
-            raise ValueError("the other-person control needs a target training set with at least two people")
-        donors.append(int(rng.choice(others)))
-    return donors
-
-
-def _distribute(model: nn.Module, criterion: InvarianceLoss | None, config: ECNConfig, dev: torch.device) -> nn.Module:
-    """Make ``model`` and ``criterion`` this process's share of a multi-process run; return the DDP forward.
-
-    SyncBN replaces only the BN layers that train: ``model.train()`` first pins the frozen
-    stages' BNs to eval, and those stay plain (they use running statistics, nothing to sync).
-    ECN's separate source and target passes stay separate under SyncBN: each synchronises over
-    every process's batch *of its own domain*, so each BN still normalises a domain with that
-    domain's (now global) batch statistics.
-    """
-    if config.sync_bn:
-        model.train()
-        convert_sync_bn(model, trainable_only=True)
-    if criterion is not None:
-        criterion.gather = all_gather_cat
-    return DistributedDataParallel(ECNForward(model), device_ids=[dev.index] if dev.type == "cuda" else None)
-
-
-def evaluate_model(
-    model: nn.Module,
-    query_loader: Iterable,
-    gallery_loader: Iterable,
-    *,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-) -> dict[str, float]:
-    """Market-protocol rank-1/5/10, mAP and mINP (fractions) of ``model`` on a query/gallery pair.
-
-    ``model`` returns its test feature in eval mode (ReIDNet: L2-normalised pool5, as ECN
-    tests); distances are euclidean (:mod:`reidlab.evaluation`, notebook 08). ``mAP`` is
-    non-interpolated (torchreid's rule); ``mAP_trapezoid`` is Market-1501's official rule,
-    which ECN's evaluator computes too: the paper's numbers compare with that one. For a
-    :class:`~reidlab.models.ReIDNet` with an embedding (``num_features > 0``) the same pass also
-    scores the L2-normalised embedding (after its BN), under ``embed_rank1``, ``embed_mAP`` and
-    ``embed_mAP_trapezoid``: ECN's target losses act on the embedding first, pool5 moves only
-    through layer3-4 (notebook 10).
-    """
-    return _evaluate(model, query_loader, gallery_loader, device, amp)[0]
-
-
-class _TestFeatures(nn.Module):
-    """A ReIDNet's L2-normalised pool5 and embedding side by side, from one forward pass."""
-
-    def __init__(self, model: ReIDNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        pool5 = m.base(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x)
-        embed = m.feat_bn(m.feat(pool5))
-        return torch.cat([F.normalize(pool5, dim=1), F.normalize(embed, dim=1)], dim=1)
-
-
-def _ranks(dist: np.ndarray, q: Any, g: Any, prefix: str = "") -> dict[str, float]:
-    res = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10)
-    trapezoid = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids, max_rank=10, ap="trapezoid")
-    if prefix:
-        return {f"{prefix}rank1": float(res.cmc[0]), f"{prefix}mAP": float(res.mAP),
-                f"{prefix}mAP_trapezoid": float(trapezoid.mAP)}
-    return {"rank1": float(res.cmc[0]), "rank5": float(res.cmc[4]), "rank10": float(res.cmc[9]),
-            "mAP": float(res.mAP), "mAP_trapezoid": float(trapezoid.mAP), "mINP": float(res.mINP)}
-
-
-def _evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
-              device: str | torch.device | None, amp: bool) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate_model`'s metrics and the distance matrix they come from (the test feature's)."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    both = isinstance(model, ReIDNet) and model.feat is not None and model.test_feature == "pool5"
-    net = _TestFeatures(model) if both else model
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-        q = extract_features(net, query_loader, dev, labels=True)
-        g = extract_features(net, gallery_loader, dev, labels=True)
-    if not both:
-        dist = pairwise_distance(q.features, g.features)
-        return _ranks(dist, q, g), dist
-    d = q.features.shape[1] - model.num_features  # pool5's width
-    dist = pairwise_distance(q.features[:, :d], g.features[:, :d])
-    embed = pairwise_distance(q.features[:, d:], g.features[:, d:])
-    return {**_ranks(dist, q, g), **_ranks(embed, q, g, prefix="embed_")}, dist
+EpochCallback = Callable[[int, nn.Module, "InvarianceLoss | None", dict[str, Any]], None]  # (epoch, model, memory, row)
 
 
 @contextlib.contextmanager
@@ -351,130 +99,65 @@ def _backend_flags(device: torch.device) -> Iterator[None]:
             torch.use_deterministic_algorithms(prev_on, warn_only=prev_warn)
 
 
-def _restore(parts: ECNParts, ckpt: Mapping[str, Any], path: Path, shapes: Mapping[str, int]) -> None:
-    for key, now in shapes.items():
-        if ckpt[key] != now:
-            raise ValueError(
-                f"checkpoint {path} does not fit this data: {key} {ckpt[key]} in the checkpoint, {now} now "
-                "(a different model shape: was the dataset changed?)"
-            )
-    load_state(parts.model, ckpt["model"], "model", path)
-    if parts.criterion is not None:
-        load_state(parts.criterion, ckpt["criterion"], "memory", path)
-    load_state(parts.optimizer, ckpt["optimizer"], "optimizer", path)
-    load_state(parts.scheduler, ckpt["scheduler"], "LR schedule", path)
-
-
 # --- the trainer ------------------------------------------------------------------------------
 
 
-def _evaluate_epoch(
-    parts: ECNParts, config: ECNConfig, epoch: int, row: dict
-) -> tuple[dict[str, float], np.ndarray] | None:
-    """Evaluate after ``epoch`` when it is due: fill ``row``'s rank-1/mAP; return the final metrics
-    after the last epoch, ``{}`` after another evaluated one (each with the target distance
-    matrix), ``None`` when nothing was evaluated."""
-    last = epoch == config.epochs - 1
-    if not (last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
-        return None
-    res, dist = _evaluate(parts.model, parts.query, parts.gallery, parts.device, parts.amp)
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _epoch_line(config: ECNConfig, row: Mapping[str, Any]) -> str:
+    """One epoch's row as one line: logged after the epoch's evaluation (the command line shows it)."""
+    parts = [
+        f"epoch {row['epoch'] + 1}/{config.epochs}", f"loss_src {row['loss_src']:.3f}",
+        "" if row["loss_tgt"] is None else f"loss_tgt {row['loss_tgt']:.3f}",
+        f"acc_src {_pct(row['acc_src'])}",
+        "" if row["knn_precision"] is None else f"knn_prec {_pct(row['knn_precision'])}",
+        "" if row["rank1"] is None else f"rank-1 {_pct(row['rank1'])} mAP {_pct(row['mAP'])}",
+        f"{row['seconds']:.1f}s",
+    ]
+    return "  ".join(p for p in parts if p)
+
+
+def _evaluation_due(config: ECNConfig, epoch: int) -> bool:
+    return epoch == config.epochs - 1 or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)
+
+
+def _evaluate(parts: ECNParts, config: ECNConfig, epoch: int, row: dict[str, Any]) -> tuple[dict[str, float], np.ndarray]:
+    """Evaluate after ``epoch``: fill ``row``'s rank-1 and mAP; return the target distance matrix with
+    the final metrics after the last epoch (and ``{}`` after another)."""
+    res, dist = evaluate_test(parts.model, parts.query, parts.gallery, parts.device, parts.amp)
     row["rank1"], row["mAP"] = res["rank1"], res["mAP"]
-    if not last:
+    if epoch < config.epochs - 1:
         return {}, dist
-    if parts.source_query is not None:
+    if parts.source_query is not None and parts.source_gallery is not None:
         src = evaluate_model(parts.model, parts.source_query, parts.source_gallery, device=parts.device, amp=parts.amp)
         res.update({f"source_{k}": v for k, v in src.items()})
     return res, dist
 
 
-def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path) -> ECNResult:
-    """The result of a run whose checkpoint already holds its last epoch and metrics: no data is loaded."""
-    device = resolve_device(config.device)
-    model, criterion = _build_model(
-        config.replace(pretrained=None), ckpt["num_classes"], ckpt["num_samples"], device
-    )
-    load_state(model, ckpt["model"], "model", out / "checkpoint.pt")
+def _finished(ckpt: Mapping[str, Any], config: ECNConfig, out: Path, history: list[dict[str, Any]],
+              metrics: dict[str, float]) -> ECNResult:
+    """The result of a run whose last epoch is checkpointed and its evaluation logged: no data is loaded."""
+    model, criterion = build_model(config, ckpt["num_classes"], ckpt["num_samples"], resolve_device(config.device),
+                                   weights=None)
+    load_state(model, ckpt["model"], "model", out / CHECKPOINT)
     if criterion is not None:
-        load_state(criterion, ckpt["criterion"], "memory", out / "checkpoint.pt")
+        load_state(criterion, ckpt["criterion"], "memory", out / CHECKPOINT)
     model.eval()
-    history, metrics = [dict(r) for r in ckpt["history"]], dict(ckpt["metrics"])
     write_logs(out, history, metrics)
     return ECNResult(config=config, history=history, metrics=metrics, model=model, criterion=criterion, out_dir=out,
                      backbone_digest=ckpt.get("backbone_digest"), already_finished=True)
 
 
-def _train_epochs(
-    parts: ECNParts, config: ECNConfig, out: Path | None, history: list, shapes: Mapping[str, int],
-    progress: bool, callback: EpochCallback | None,
-) -> tuple[dict[str, float], np.ndarray | None]:
-    """Train the epochs ``history`` does not hold yet; return the final metrics and target distance
-    matrix (rank 0's; ``{}`` and ``None`` elsewhere).
-
-    Each epoch is checkpointed *before* it is evaluated, so an evaluation that fails (an
-    unreadable gallery image) costs no training: a rerun resumes and only evaluates again.
-    With several processes only rank 0 writes, evaluates and calls ``callback``; with ``out``
-    ``None`` nothing is written.
-    """
-    main = parts.rank == 0
-    save = main and out is not None
-    metrics: dict[str, float] = {}
-    dist = None
-    for epoch in range(len(history), config.epochs):
-        row = ecn_epoch(parts, config, epoch, progress=progress and main)
-        parts.scheduler.step()
-        history.append(row)
-        if save:
-            save_checkpoint(out / "checkpoint.pt", parts, config, epoch, history, {}, shapes)
-            write_logs(out, history)
-        if main:
-            evaluated = _evaluate_epoch(parts, config, epoch, row)
-            if evaluated is not None:
-                metrics, dist = evaluated
-                if save:
-                    save_checkpoint(out / "checkpoint.pt", parts, config, epoch, history, metrics, shapes)
-                    write_logs(out, history, metrics)
-            if callback is not None:
-                callback(epoch, parts.model, parts.criterion, dict(row))
-        barrier()
-    if save and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation had been saved
-        metrics, dist = _evaluate_epoch(parts, config, config.epochs - 1, history[-1])
-        save_checkpoint(out / "checkpoint.pt", parts, config, config.epochs - 1, history, metrics, shapes)
-        write_logs(out, history, metrics)
-    return metrics, dist
-
-
-def _open_run(out: Path, config: ECNConfig, resume: bool, info: DistInfo, stack: contextlib.ExitStack):
-    """Lock the run folder and clean it (rank 0), then read the checkpoint to resume from, if any."""
-    if info.is_main:
-        stack.enter_context(run_lock(out))
-        prepare(out)
-    if not (resume and (out / "checkpoint.pt").exists()):
-        return None
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    check_resumable(ckpt, config, out / "checkpoint.pt")
-    return ckpt
-
-
-def _start_run(out: Path | None, config: ECNConfig, resume: bool, info: DistInfo):
-    """Load (or generate) the data and make sure the pretrained backbone exists (rank 0 first, so
-    that one process trains it); announce a kNN term that never starts."""
+def _start_run(config: ECNConfig, device: torch.device, main: bool) -> tuple[tuple[ReIDDataset, ReIDDataset], str | None]:
+    """Load (or generate) the data and resolve the pretrained weights (rank 0 first, so that one process
+    trains them on first use); announce a kNN term that never starts."""
     domains = load_domains(config)
-    if out is None or not resume or not (out / "checkpoint.pt").exists():
-        pretrained_weights(config, _process_device(config, info))  # trained once here, not by every process
-    if info.is_main and (reason := knn_warning(config)) is not None:
+    weights = pretrained_weights(config, device)
+    if main and (reason := knn_warning(config)) is not None:
         warnings.warn(reason, UserWarning, stacklevel=3)
-    return domains
-
-
-def _record_start(out: Path, config: ECNConfig, resume: bool, digest: str | None) -> None:
-    """Move an old run aside (``resume=False``) and write ``config.json``: the settings, the values
-    derived from them and the digest of the backbone the run started from. Called once the data has
-    loaded and the model and memory are built (so the pretrained file and ``knn`` were checked):
-    nothing is replaced before a run can start."""
-    if not resume:
-        move_aside(out)
-    record = {**config.to_dict(derived=True), "backbone_digest": digest}
-    atomic_write_text(out / "config.json", json.dumps(record, indent=1) + "\n")
+    return domains, weights
 
 
 def _process_device(config: ECNConfig, info: DistInfo) -> torch.device:
@@ -503,14 +186,14 @@ def train_ecn(
         nothing: no checkpoint (so nothing to resume), no logs, no lock; the result is only
         what this call returns. That suits a caller that caches results itself, as notebook 10
         does, and saves writing the checkpoint every epoch (about 0.3 s each for ResNet-18).
-        Otherwise the folder gets ``checkpoint.pt`` (written
-        atomically after every epoch, read with ``weights_only=True``), ``log.csv`` and
-        ``history.json`` (one row per epoch: ``epoch`` (0-based, as the memory counts),
-        ``loss_src``, ``loss_tgt``, ``acc_src``, ``lr`` (new layers), ``knn_precision`` (of the
-        memory against the target's true ids, which training never sees), ``seconds``
-        (training time), ``rank1`` and ``mAP`` when evaluated), ``metrics.json`` (final test
-        metrics) and ``config.json`` (the settings, the values derived from them and
-        ``backbone_digest``, the start's weights). A second run on the same folder is refused while one runs.
+        Otherwise the folder gets ``checkpoint.pt`` (written atomically once per epoch, before the
+        epoch is evaluated; read with ``weights_only=True``), ``log.csv`` and ``history.json`` (one
+        row per epoch: ``epoch`` (0-based, as the memory counts), ``loss_src``, ``loss_tgt``,
+        ``acc_src``, ``lr`` (new layers), ``knn_precision`` (of the memory against the target's true
+        ids, which training never sees), ``seconds`` (training time), ``rank1`` and ``mAP`` when
+        evaluated), ``metrics.json`` (final test metrics) and ``config.json`` (the settings, the
+        values derived from them and ``backbone_digest``, the start's weights). A second run on the
+        same folder is refused while one runs.
     resume:
         Continue from ``out_dir/checkpoint.pt`` when it exists (a finished run is returned
         without loading any data or training). Its settings must equal ``config`` except
@@ -520,12 +203,20 @@ def train_ecn(
     progress:
         A tqdm bar per epoch.
     callback:
-        ``callback(epoch, model, criterion, row)`` after each epoch's checkpoint (e.g. to
-        plot in a notebook). An exception raised there stops training; the checkpoint of
-        that epoch is already written, so a later call resumes after it.
+        ``callback(epoch, model, criterion, row)`` after each epoch's checkpoint and evaluation
+        (e.g. to plot in a notebook). An exception raised there stops training; the checkpoint of
+        that epoch is already written, so a later call resumes after it. Each epoch's row is also
+        logged as one line, at level INFO, on the ``reidlab.ecn.run`` logger (the command line
+        shows those lines).
 
     Notes
     -----
+    Each epoch: train (:func:`reidlab.ecn.loop.ecn_epoch`), step the LR schedule, write the one
+    checkpoint and the logs, evaluate when due (every ``eval_every`` epochs, and after the last)
+    and log the evaluation, then log the epoch's line and call ``callback``. An evaluation that
+    fails (an unreadable gallery image) so costs no training: a rerun resumes and only evaluates.
+    With several processes only rank 0 writes, evaluates, logs and calls ``callback``.
+
     Exact resume: each epoch starts by reseeding every generator from (seed, epoch)
     (:func:`reidlab.ecn.loop.epoch_seed`) and restarts the target loader, so an epoch depends
     only on the state the checkpoint holds. On CUDA, cuDNN autotuning and atomics make runs
@@ -534,29 +225,55 @@ def train_ecn(
     :class:`reidlab.files.DiskFullError` and keeps the last good checkpoint. The global torch
     flags it sets (deterministic algorithms on the CPU, cuDNN autotuning on CUDA) are restored
     on return. A configuration whose kNN target would never start warns (:func:`knn_warning`).
+    ``config`` is used as it is (an :class:`ECNConfig` is frozen, so it was validated when made);
+    only the number of processes is set from torchrun's environment.
     """
-    # a copy, validated again: an ECNConfig is a plain dataclass whose fields can be edited after creation
-    config = ECNConfig.from_dict(config if isinstance(config, Mapping) else config.to_dict())
+    if isinstance(config, Mapping):
+        config = ECNConfig.from_dict(config)
     with init_from_env(resolve_device(config.device).type) as info, contextlib.ExitStack() as stack:
-        config = config.replace(world_size=info.world_size)  # checks that the batch can be shared out
-        out = None if out_dir is None else main_first(lambda: check_out_dir(out_dir))
-        ckpt = None if out is None else main_first(lambda: _open_run(out, config, resume, info, stack))
-        if ckpt is not None and int(ckpt["epoch"]) == config.epochs - 1 and ckpt["metrics"]:
-            return _finished(ckpt, config, out)
+        if config.world_size != info.world_size:  # under torchrun; checks that the batch can be shared out
+            config = config.replace(world_size=info.world_size)
+        out: Path | None = None if out_dir is None else main_first(partial(check_out_dir, out_dir))
+        ckpt = None if out is None else main_first(
+            partial(open_run, out, config, resume=resume, lock=stack if info.is_main else None))
+        history: list[dict[str, Any]] = []
+        metrics: dict[str, float] = {}
+        if out is not None and ckpt is not None:
+            history, metrics = logged_evaluation(out, ckpt)
+            if len(history) == config.epochs and metrics:
+                return _finished(ckpt, config, out, history, metrics)
         device = _process_device(config, info)
-        source, target = main_first(lambda: _start_run(out, config, resume, info))
+        (source, target), weights = main_first(partial(_start_run, config, device, info.is_main))
         shapes = {"num_classes": source.num_train_pids, "num_samples": len(target.train)}
-        with _backend_flags(device):
-            seed_everything(config.seed)
-            parts = build_ecn(config, source, target, device, rank=info.rank)
-            history: list[dict[str, Any]] = []
-            if ckpt is not None:
-                _restore(parts, ckpt, out / "checkpoint.pt", shapes)
-                history = [dict(r) for r in ckpt["history"]]
-                parts.backbone_digest = ckpt.get("backbone_digest")  # where the run started, not today's cache
-            if out is not None and info.is_main:
-                _record_start(out, config, resume, parts.backbone_digest)
-            metrics, dist = _train_epochs(parts, config, out, history, shapes, progress, callback)
+        stack.enter_context(_backend_flags(device))
+        seed_everything(config.seed)
+        parts = build_ecn(config, source, target, device, rank=info.rank, weights=weights)
+        if out is not None and ckpt is not None:
+            restore(parts, ckpt, out / CHECKPOINT, shapes)
+        folder = out if info.is_main else None  # only rank 0 writes, evaluates, logs and calls back
+        if folder is not None:
+            record_start(folder, config, resume=resume, digest=parts.backbone_digest)
+        dist = None
+        for epoch in range(len(history), config.epochs):
+            row = ecn_epoch(parts, config, epoch, progress=progress and info.is_main)
+            parts.scheduler.step()
+            history.append(row)
+            if folder is not None:  # saved before it is evaluated: an evaluation that fails costs no training
+                save_checkpoint(folder / CHECKPOINT, parts, config, epoch, history, shapes)
+                write_logs(folder, history)
+            if info.is_main and _evaluation_due(config, epoch):
+                metrics, dist = _evaluate(parts, config, epoch, row)
+                if folder is not None:  # the epoch's rank-1 and mAP; metrics.json after the last
+                    write_logs(folder, history, metrics)
+            if info.is_main:
+                log.info(_epoch_line(config, row))
+                if callback is not None:
+                    callback(epoch, parts.model, parts.criterion, dict(row))
+            barrier()
+        if info.is_main and not metrics:  # resumed after the last epoch's checkpoint, before its evaluation was logged
+            metrics, dist = _evaluate(parts, config, config.epochs - 1, history[-1])
+            if folder is not None:
+                write_logs(folder, history, metrics)
     parts.model.eval()
     return ECNResult(
         config=config, history=history, metrics=metrics, model=parts.model, criterion=parts.criterion, out_dir=out,

@@ -11,6 +11,11 @@ A run folder (``--out``) holds ``checkpoint.pt``, ``log.csv``, ``history.json``,
   when the process dies, even on SIGKILL) refuses a second run on the same folder;
 * **every write atomic** (:func:`reidlab.files.atomic_write`: fsync, then rename) and the
   temporaries a killed write leaves behind removed at the next start;
+* **training saved before it is evaluated** -- one checkpoint per epoch, written before the
+  epoch's evaluation; the evaluation goes into the logs (the epoch's ``rank1`` and ``mAP`` in
+  ``log.csv`` / ``history.json``, the final metrics in ``metrics.json``), so an evaluation that
+  fails costs no training, and a run is finished when its last epoch is checkpointed *and* its
+  evaluation logged (:func:`logged_evaluation`);
 * **checkpoints read safely** -- with ``weights_only=True``, every expected key present, and a
   model that does not fit named with PyTorch's whole message.
 """
@@ -30,29 +35,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..files import atomic_save, atomic_write_text, remove_stale_temporaries
 from .config import RESUME_FREE_KEYS, ECNConfig
+from .loop import ECNParts
 
 try:  # POSIX; elsewhere runs are not locked (documented in run_lock)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # no flock here: run_lock checks for None
 
 __all__ = [
     "CHECKPOINT_VERSION",
     "CHECKPOINT_KEYS",
     "LOG_COLUMNS",
     "RUN_FILES",
+    "CHECKPOINT",
     "check_out_dir",
     "run_lock",
     "move_aside",
+    "open_run",
+    "record_start",
     "load_checkpoint",
     "config_differences",
     "check_resumable",
     "load_state",
+    "restore",
     "save_checkpoint",
     "write_logs",
+    "logged_evaluation",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +79,10 @@ LOG_COLUMNS: tuple[str, ...] = (
 )
 #: The files a run writes into its folder.
 RUN_FILES: tuple[str, ...] = ("checkpoint.pt", "log.csv", "history.json", "metrics.json", "config.json")
+#: The checkpoint's name in the run folder.
+CHECKPOINT = "checkpoint.pt"
+#: The columns of a history row that its evaluation fills in (the rest are the epoch's training).
+_EVALUATED = ("rank1", "mAP")
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -141,6 +157,32 @@ def prepare(out: Path) -> None:
         log.info("removed %s, left by an interrupted write", p)
 
 
+def open_run(out: Path, config: ECNConfig, *, resume: bool, lock: contextlib.ExitStack | None) -> dict[str, Any] | None:
+    """Lock ``out`` for the duration of ``lock`` and clean it (the process that writes passes its
+    stack; the others ``None``), then read the checkpoint to resume from: ``None`` when there is
+    none or ``resume`` is False; ``ValueError`` when its settings differ from ``config``."""
+    if lock is not None:
+        lock.enter_context(run_lock(out))
+        prepare(out)
+    path = out / CHECKPOINT
+    if not (resume and path.exists()):
+        return None
+    ckpt = load_checkpoint(path)
+    check_resumable(ckpt, config, path)
+    return ckpt
+
+
+def record_start(out: Path, config: ECNConfig, *, resume: bool, digest: str | None) -> None:
+    """Move an old run aside (``resume=False``) and write ``config.json``: the settings, the values
+    derived from them and the digest of the backbone the run started from. Called once the data has
+    loaded and the model and memory are built (so the pretrained file and ``knn`` were checked):
+    nothing is replaced before a run can start."""
+    if not resume:
+        move_aside(out)
+    record = {**config.to_dict(derived=True), "backbone_digest": digest}
+    atomic_write_text(out / "config.json", json.dumps(record, indent=1) + "\n")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a :func:`reidlab.ecn.train_ecn` checkpoint with ``weights_only=True`` (tensors and primitives only).
 
@@ -200,7 +242,8 @@ def check_resumable(ckpt: Mapping[str, Any], config: ECNConfig, path: Path) -> N
         )
 
 
-def load_state(module: Any, state: Any, what: str, path: Path) -> None:
+def load_state(module: nn.Module | torch.optim.Optimizer | torch.optim.lr_scheduler.LRScheduler,
+               state: dict[str, Any], what: str, path: Path) -> None:
     """``module.load_state_dict(state)``; a misfit is a ``ValueError`` carrying PyTorch's whole message."""
     try:
         module.load_state_dict(state)
@@ -211,16 +254,37 @@ def load_state(module: Any, state: Any, what: str, path: Path) -> None:
         ) from None
 
 
-def save_checkpoint(path: Path, parts: Any, config: ECNConfig, epoch: int, history: list, metrics: dict,
+def restore(parts: ECNParts, ckpt: Mapping[str, Any], path: Path, shapes: Mapping[str, int]) -> None:
+    """Load the checkpoint's model, memory, optimizer and LR schedule into ``parts``; ``ValueError``
+    when the checkpoint was written for other data (``shapes``: ``num_classes`` and ``num_samples``)."""
+    for key, now in shapes.items():
+        if ckpt[key] != now:
+            raise ValueError(
+                f"checkpoint {path} does not fit this data: {key} {ckpt[key]} in the checkpoint, {now} now "
+                "(a different model shape: was the dataset changed?)"
+            )
+    load_state(parts.model, ckpt["model"], "model", path)
+    if parts.criterion is not None:
+        load_state(parts.criterion, ckpt["criterion"], "memory", path)
+    load_state(parts.optimizer, ckpt["optimizer"], "optimizer", path)
+    load_state(parts.scheduler, ckpt["scheduler"], "LR schedule", path)
+    parts.backbone_digest = ckpt.get("backbone_digest")  # where the run started, not today's cache
+
+
+def save_checkpoint(path: Path, parts: ECNParts, config: ECNConfig, epoch: int, history: list[dict[str, Any]],
                     shapes: Mapping[str, int]) -> None:
-    """Everything an exact resume needs, written atomically (a full disk keeps the previous checkpoint)."""
+    """Everything an exact resume needs, written atomically (a full disk keeps the previous checkpoint).
+
+    Written before the epoch is evaluated, so ``metrics`` is empty: the evaluation goes into the
+    logs (:func:`logged_evaluation`). Checkpoints written before that rule hold their final metrics.
+    """
     atomic_save(
         {
             "version": CHECKPOINT_VERSION, "epoch": epoch, "config": config.to_dict(), **shapes,
             "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),
             "criterion": parts.criterion.state_dict() if parts.criterion is not None else {},
-            "history": history, "metrics": metrics, "backbone_digest": parts.backbone_digest,
+            "history": history, "metrics": {}, "backbone_digest": parts.backbone_digest,
         },
         path,
     )
@@ -237,3 +301,27 @@ def write_logs(out: Path, history: list[dict[str, Any]], metrics: Mapping[str, f
     atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
     if metrics:
         atomic_write_text(out / "metrics.json", json.dumps(dict(metrics), indent=1) + "\n")
+
+
+def logged_evaluation(out: Path, ckpt: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The checkpoint's history and final metrics, with the evaluation logged after it was written.
+
+    A checkpoint is written before its epoch is evaluated; the evaluation then goes into
+    ``history.json`` (the epoch's ``rank1`` and ``mAP``) and, after the last epoch, ``metrics.json``.
+    They count when ``history.json``'s last row is the checkpoint's last epoch, with the same training
+    numbers (so logs of another run never do). The metrics are ``{}`` until the last epoch's evaluation
+    is logged; a checkpoint written before this rule holds its final metrics itself.
+    """
+    history = [dict(row) for row in ckpt["history"]]
+    metrics = dict(ckpt["metrics"])
+    try:
+        logged = json.loads((out / "history.json").read_text())
+        final = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    except (OSError, ValueError):  # no logs, or unreadable ones: the evaluation is run again
+        return history, metrics
+    training = lambda row: {k: v for k, v in row.items() if k not in _EVALUATED}  # noqa: E731
+    if (history and isinstance(logged, list) and len(logged) == len(history) and isinstance(logged[-1], dict)
+            and training(logged[-1]) == training(history[-1])):
+        history[-1] = {**history[-1], **{k: logged[-1].get(k) for k in _EVALUATED}}
+        metrics = metrics or dict(final)
+    return history, metrics
