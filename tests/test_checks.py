@@ -18,6 +18,7 @@ import torch
 
 import reidlab.lessons.checks as checks
 import reidlab.memory as memory
+from answers import Answers
 from reidlab.lessons.checks import nb00
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ CHECKERS = sorted((mod, name) for mod, module in MODULES.items() for name in var
 
 
 def stable(scores, t):
+    """Exercise 0.1's solution: divide by T, subtract each row's maximum, exp, divide by the row sum."""
     z = scores / t
     z = z - z.max(-1, keepdim=True).values
     return z.exp() / z.exp().sum(-1, keepdim=True)
@@ -43,30 +45,34 @@ def stable_over(scores, dim):
     return z.exp() / z.exp().sum(dim, keepdim=True)
 
 
-def test_correct_softmax_passes(capsys):
-    nb00.check_softmax_temperature(stable)
-    nb00.check_softmax_temperature(lambda s, t: stable_over(s / t, -1))
-    assert capsys.readouterr().out.count("correct") == 2
+def pairwise(scores, t):
+    """Also right: p_i = 1 / sum_j exp(z_j - z_i); a huge difference gives 1 / inf = 0, never inf / inf."""
+    z = scores / t
+    return 1 / torch.exp(z.unsqueeze(-2) - z.unsqueeze(-1)).sum(-1)
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda s, t: stable_over(s * t, -1), "temperature divides"),
-        (lambda s, t: stable_over(s / t, 0), "dim=-1"),
-        (lambda s, t: (s / t).exp() / (s / t).exp().sum(-1, keepdim=True), "overflows"),
-        (lambda s, t: None, "return"),
-        (lambda s, t: stable(s, t)[:, :2], "shape"),
-        (lambda s, t: torch.softmax(s / t, -1), "by hand, without `torch.softmax`"),
-        (lambda s, t: (s / t).softmax(-1), "by hand, without `Tensor.softmax`"),
-        (lambda s, t: torch.nn.functional.softmax(s / t, dim=-1), "without `torch.nn.functional.softmax`"),
-        (lambda s, t: torch.nn.Softmax(dim=-1)(s / t), "without `torch.nn.functional.softmax`"),
-        (lambda s, t: torch.log_softmax(s / t, -1).exp(), "without `torch.log_softmax`"),
-    ],
+def shift_by(scores, t, shift):
+    z = scores / t
+    e = torch.exp(z - shift(z))
+    return e / e.sum(-1, keepdim=True)
+
+
+SOFTMAX_WRONG = (
+    # the shortcut the exercise forbids: "by hand with torch.exp, not torch.softmax"
+    (lambda s, t: torch.softmax(s / t, -1), "by hand, without `torch.softmax`"),
+    (lambda s, t: (s / t).softmax(-1), "by hand, without `Tensor.softmax`"),
+    (lambda s, t: torch.nn.functional.softmax(s / t, dim=-1), "without `torch.nn.functional.softmax`"),
+    (lambda s, t: torch.nn.Softmax(dim=-1)(s / t), "without `torch.nn.functional.softmax`"),
+    (lambda s, t: torch.log_softmax(s / t, -1).exp(), "without `torch.log_softmax`"),
+    # the mistakes
+    (lambda s, t: stable_over(s * t, -1), "temperature divides"),
+    (lambda s, t: stable_over(s / t, 0), "dim=-1"),
+    (lambda s, t: (s / t).exp() / (s / t).exp().sum(-1, keepdim=True), "overflows"),  # no shift
+    (lambda s, t: shift_by(s, t, lambda z: z.max()), "not one maximum for the whole tensor"),  # max without dim
+    (lambda s, t: shift_by(s, t, lambda z: z.mean(-1, keepdim=True)), "own maximum.*nor the mean"),
+    (lambda s, t: None, "return"),
+    (lambda s, t: stable(s, t)[:, :2], "shape"),
 )
-def test_wrong_answers_get_a_specific_message(wrong, message):
-    with pytest.raises(nb00.ExerciseError, match=message):
-        nb00.check_softmax_temperature(wrong)
 
 
 def test_the_softmax_is_refused_only_while_the_answer_runs():
@@ -325,3 +331,8 @@ def test_every_checker_refuses_an_answer_that_only_looks_right(mod, name, cheat,
     with pytest.raises(checks.ExerciseError):
         check(answer)
     assert "correct" not in capsys.readouterr().out
+
+
+ANSWERS = {  # run by tests/test_answer_suites.py
+    nb00.check_softmax_temperature: Answers(right=(stable, pairwise), wrong=SOFTMAX_WRONG),
+}

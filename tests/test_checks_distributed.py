@@ -1,6 +1,9 @@
 """Notebook 11's exercise checkers: right answers pass, the usual wrong answers fail with a message that names
 the mistake; and the answers the checkers accept agree with what they model (2 real DDP processes' BN
-buffers, ECNConfig's shares, the memory under all_gather)."""
+buffers, ECNConfig's shares, the memory under all_gather).
+
+Each checker's right and wrong answers are in ``ANSWERS`` at the end (run by ``test_answer_suites.py``).
+"""
 from __future__ import annotations
 
 import inspect
@@ -9,6 +12,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from answers import Answers
 from reidlab.ecn import ECNConfig
 from reidlab.lessons.checks import NOT_ATTEMPTED
 from reidlab.lessons.checks import nb11 as checks
@@ -28,9 +32,17 @@ def buffers_right(slice_means, momentum, broadcast):
     return buffers
 
 
-def test_buffers_right_answer_passes(capsys):
-    checks.check_buffers_after(buffers_right)
-    assert "correct" in capsys.readouterr().out
+def buffers_by_bn_layers(slice_means, momentum, broadcast):
+    """Also right: one real BatchNorm1d per rank, fed a slice with that rank's mean; DDP's broadcast is a copy of rank
+    0's running_mean into every other rank's layer, before any of them runs the step."""
+    layers = [torch.nn.BatchNorm1d(1, momentum=momentum).double() for _ in range(slice_means.shape[1])]
+    for means in slice_means:
+        if broadcast:
+            for layer in layers[1:]:
+                layer.running_mean.copy_(layers[0].running_mean)
+        for layer, mean in zip(layers, means):
+            layer(torch.stack([mean - 1, mean + 1]).view(2, 1))
+    return torch.cat([layer.running_mean for layer in layers])
 
 
 def _ddp_bn_buffers(rank, world, slices, broadcast, out):
@@ -78,22 +90,16 @@ def always_broadcast(slice_means, momentum, broadcast):
     return buffers_right(slice_means, momentum, True)
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (own_history, "START of every forward"),
-        (rank0_everywhere, "not rank 0's final value"),
-        (keras, "Keras"),
-        (whole_batch, "SyncBN"),
-        (always_broadcast, "nothing is copied"),
-        (lambda m, mom, b: buffers_right(m, mom, b)[:1], "one running_mean per rank"),
-        (lambda m, mom, b: None, "returned None"),
-        (lambda m, mom, b: buffers_right(m, mom, b) + 0.5, "expected"),
-    ],
+BUFFERS_WRONG = (
+    (own_history, "you let each process keep its own history"),
+    (rank0_everywhere, "not rank 0's final value"),
+    (keras, "you used Keras' convention"),
+    (whole_batch, "what a BN over the whole batch would hold \\(SyncBN\\)"),
+    (always_broadcast, "with broadcast=False nothing is copied"),
+    (lambda m, mom, b: buffers_right(m, mom, b)[:1], "return one running_mean per rank"),
+    (lambda m, mom, b: None, "returned None"),
+    (lambda m, mom, b: buffers_right(m, mom, b) + 0.5, "expected \\["),
 )
-def test_buffers_wrong_answers_named(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_buffers_after(wrong)
 
 
 # --- exercise 11.2: images per BN layer ---------------------------------------------------------------------
@@ -105,9 +111,14 @@ def images_right(batch_size, world_size, sync_bn):
     return batch_size if sync_bn else batch_size // world_size
 
 
-def test_images_right_answer_passes(capsys):
-    checks.check_images_per_bn(images_right)
-    assert "correct" in capsys.readouterr().out
+def images_by_the_config(batch_size, world_size, sync_bn):
+    """Also right: ask the trainer's own config, whose share refuses a batch that cannot be shared (ValueError)."""
+    return batch_size if sync_bn else ECNConfig(batch_size=batch_size, world_size=world_size).batch_per_process
+
+
+def images_by_assert(batch_size, world_size, sync_bn):
+    assert batch_size % world_size == 0, "the processes cannot share the batch"
+    return batch_size if sync_bn else batch_size // world_size
 
 
 @pytest.mark.parametrize("batch, world", [(128, 1), (128, 4), (64, 8), (96, 3)])
@@ -120,22 +131,17 @@ def test_images_indivisible_batch_is_refused_by_the_trainer_too():
         ECNConfig(batch_size=100, world_size=3)
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda b, w, s: images_right(b, w, s) * 2, "source and target together"),
-        (lambda b, w, s: b // w, "whole global batch"),
-        (lambda b, w, s: b, "only its own slice"),
-        (lambda b, w, s: b * w if not s else b, "GLOBAL batch"),
-        (lambda b, w, s: b / w if not s else float(b), "is an int"),
-        (lambda b, w, s: b if s else round(b / w), "raise ValueError"),
-        (lambda b, w, s: None, "returned None"),
-        (lambda b, w, s: 7, "expected"),
-    ],
+IMAGES_WRONG = (
+    (lambda b, w, s: images_right(b, w, s) * 2, "you counted source and target together"),
+    (lambda b, w, s: b // w, "with SyncBN .* of the whole global batch"),
+    (lambda b, w, s: b, "without SyncBN each process's BN sees only its own slice"),
+    (lambda b, w, s: b * w if not s else b, "batch_size is the GLOBAL batch"),
+    (lambda b, w, s: b / w if not s else float(b), "a number of images is an int"),
+    (lambda b, w, s: b if s else round(b / w), "cannot be shared by 3 processes: raise ValueError .*, do not round"),
+    (images_by_assert, "cannot be shared by 3 processes: raise ValueError \\(as ECNConfig does\\), not AssertionError"),
+    (lambda b, w, s: None, "returned None"),
+    (lambda b, w, s: 7, "expected 128 images per BN layer, got 7"),
 )
-def test_images_wrong_answers_named(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_images_per_bn(wrong)
 
 
 # --- exercise 11.3: every process's memory copy -------------------------------------------------------------
@@ -153,12 +159,6 @@ def copies_rank_by_rank(copies, batches, rate):
     for memory in copies:
         for features, indices in batches:
             memory_update_(memory, indices, features, rate)
-
-
-def test_copies_right_answers_pass(capsys):
-    checks.check_update_all_copies(copies_right)
-    checks.check_update_all_copies(copies_rank_by_rank)
-    assert capsys.readouterr().out.count("correct") == 2
 
 
 def own_only(copies, batches, rate):
@@ -183,20 +183,26 @@ def not_in_place(copies, batches, rate):
     return out
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (own_only, "only process 0's own batch"),
-        (own_first, "applied its own batch first"),
-        (reversed_order, "reverse rank order"),
-        (not_in_place, "in place"),
-        (lambda copies, batches, rate: None, "no copy changed"),
-        (lambda copies, batches, rate: copies_right(copies, batches, 0.5), "differs"),
-    ],
+def first_copy_then_rebind(copies, batches, rate):
+    """Updates copy 0, then puts it in every place of the list: the other processes' tensors are never updated."""
+    copies_right(copies[:1], batches, rate)
+    copies[1:] = [copies[0].clone() for _ in copies[1:]]
+
+
+def first_copy_only(copies, batches, rate):
+    copies_right(copies[:1], batches, rate)
+
+
+COPIES_WRONG = (
+    (own_only, "copy 0 got only process 0's own batch"),
+    (own_first, "applied its own batch first"),
+    (reversed_order, "got the batches in reverse rank order"),
+    (not_in_place, "you returned updated copies but left the processes' memories as they were"),
+    (first_copy_then_rebind, "you put other tensors into the list `copies`"),
+    (first_copy_only, "copy 1 was not updated"),
+    (lambda copies, batches, rate: None, "no copy changed"),
+    (lambda copies, batches, rate: copies_right(copies, batches, 0.5), "copy 0 differs from one process's update"),
 )
-def test_copies_wrong_answers_named(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_update_all_copies(wrong)
 
 
 # --- the stub ------------------------------------------------------------------------------------------------
@@ -210,3 +216,10 @@ def test_the_student_stub_reads_as_not_attempted(check):
 
     with pytest.raises(checks.ExerciseError, match=NOT_ATTEMPTED):
         check(answer)
+
+
+ANSWERS = {  # run by tests/test_answer_suites.py
+    checks.check_buffers_after: Answers(right=(buffers_right, buffers_by_bn_layers), wrong=BUFFERS_WRONG),
+    checks.check_images_per_bn: Answers(right=(images_right, images_by_the_config), wrong=IMAGES_WRONG),
+    checks.check_update_all_copies: Answers(right=(copies_right, copies_rank_by_rank), wrong=COPIES_WRONG),
+}

@@ -1,7 +1,13 @@
 """Checkers of notebooks 04 (track_running_stats) and 05 (freezing BN): right answers pass,
-typical wrong answers fail with a message that names the mistake."""
+typical wrong answers fail with a message that names the mistake.
+
+The right and wrong answers of each graded exercise are in ``ANSWERS`` at the end (run by
+``test_answer_suites.py``); what needs more than "accepted" or "refused with this message" is tested here.
+"""
 import ast
+import copy
 import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -10,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from answers import Answers
 from reidlab import bn as rbn
 from reidlab.bn import freeze_bn
 from reidlab.lessons.checks import ExerciseError, nb04, nb05
@@ -46,12 +53,6 @@ def bn_forward_functional(bn, x):
     return torch.nn.functional.batch_norm(x, rm, rv, bn.weight, bn.bias, use_batch, 0.0, bn.eps)
 
 
-def test_bn_forward_right_answer_passes(capsys):
-    nb04.check_bn_forward(bn_forward_right)
-    nb04.check_bn_forward(bn_forward_functional)
-    assert capsys.readouterr().out.count("correct") == 2
-
-
 def bn_forward_by_flag(bn, x):
     """Right for a layer built tracked or untracked, wrong for one whose flag was flipped afterwards."""
     return _affine(bn, x, *_stats(bn, x, bn.training or not bn.track_running_stats))
@@ -69,35 +70,46 @@ def test_pytorch_decides_by_the_buffers_not_by_the_flag():
     assert bn.running_mean.tolist() == [3.0, 3.0] and int(bn.num_batches_tracked) == 0  # train mode updated nothing
 
 
-def test_bn_forward_must_not_call_the_layer():
-    with pytest.raises(ExerciseError, match="called the layer"):
+def _a_new_layer(bn, x):
+    """A fresh BN layer with the same state: calling a BN layer all the same."""
+    twin = nn.BatchNorm2d(bn.num_features, eps=bn.eps, track_running_stats=bn.running_mean is not None)
+    twin.load_state_dict(bn.state_dict())
+    twin.track_running_stats = bn.track_running_stats
+    return twin.train(bn.training)(x)
+
+
+def test_the_layer_works_again_after_the_bn_forward_check():
+    with pytest.raises(ExerciseError):
         nb04.check_bn_forward(lambda bn, x: bn(x))
+    torch.testing.assert_close(nn.BatchNorm2d(2).eval()(torch.ones(1, 2, 1, 1)), torch.full((1, 2, 1, 1), (1 + 1e-5) ** -0.5))
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        # always the running stats: crashes on an untracked layer, or wrong in train mode
-        (lambda bn, x: _affine(bn, x, bn.running_mean, bn.running_var), "in train mode BN uses the batch"),
-        # always the batch's statistics: wrong for a tracked layer in eval mode
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, True)), "in eval mode a layer that tracks"),
-        # only bn.training decides: an untracked layer in eval has running_mean None
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training)), "running_mean is None"),
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None, unbiased=True)), "biased"),
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), affine=False), "gamma"),
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), eps=1e-5), "eps"),
-        (lambda bn, x: None, "return"),
-        # the flag decides instead of the buffers: wrong for a flag flipped after construction, in eval mode
-        (bn_forward_by_flag, r"eval mode, track_running_stats=False \(set after construction.*PyTorch decides by "
-                             r"whether running_mean/running_var exist, not by the flag \(notebook 04, the flag-flipped"),
-        # the flag stops the updates, not the use of the buffers in train mode
-        (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.running_mean is None or (bn.training and bn.track_running_stats))),
-         r"train mode, track_running_stats=False \(set after construction.*in train mode BN uses the batch"),
-    ],
+CALLED = r"by hand, without `calling the layer \(bn\(x\), bn\.forward\(x\), a copy or a new BN layer\)`"
+
+BN_FORWARD_WRONG = (
+    # the shortcut the exercise forbids: "without calling the layer"
+    (lambda bn, x: bn(x), CALLED),
+    (lambda bn, x: bn.forward(x), CALLED),
+    (lambda bn, x: copy.deepcopy(bn)(x), CALLED),
+    (_a_new_layer, CALLED),
+    # the mistakes
+    # always the running stats: crashes on an untracked layer, or wrong in train mode
+    (lambda bn, x: _affine(bn, x, bn.running_mean, bn.running_var), "in train mode BN uses the batch"),
+    # always the batch's statistics: wrong for a tracked layer in eval mode
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, True)), "in eval mode a layer that tracks"),
+    # only bn.training decides: an untracked layer in eval has running_mean None
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training)), "running_mean is None"),
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None, unbiased=True)), "biased"),
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), affine=False), "gamma"),
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.training or bn.running_mean is None), eps=1e-5), "eps"),
+    (lambda bn, x: None, "return"),
+    # the flag decides instead of the buffers: wrong for a flag flipped after construction, in eval mode
+    (bn_forward_by_flag, r"eval mode, track_running_stats=False \(set after construction.*PyTorch decides by "
+                         r"whether running_mean/running_var exist, not by the flag \(notebook 04, the flag-flipped"),
+    # the flag stops the updates, not the use of the buffers in train mode
+    (lambda bn, x: _affine(bn, x, *_stats(bn, x, bn.running_mean is None or (bn.training and bn.track_running_stats))),
+     r"train mode, track_running_stats=False \(set after construction.*in train mode BN uses the batch"),
 )
-def test_bn_forward_wrong_answers(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb04.check_bn_forward(wrong)
 
 
 # --- notebook 04: track_again (exercise 4.2) -------------------------------------------------
@@ -124,12 +136,6 @@ def _replace_layers(model, state_dict):
                 swap(child)
     swap(model)
     model.load_state_dict(state_dict)
-
-
-def test_track_again_right_answers_pass(capsys):
-    nb04.check_track_again(track_again_right)
-    nb04.check_track_again(_replace_layers)  # in place, returning None
-    assert capsys.readouterr().out.count("correct") == 2
 
 
 def _strict_false(model, state_dict):
@@ -174,21 +180,26 @@ def _top_level_only_again(model, state_dict):
     model.load_state_dict(state_dict, strict=False)
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (_strict_false, "strict=False"),
-        (_flag_only_again, "running_mean is None"),
-        (_no_counter, "num_batches_tracked"),
-        (_not_loaded, "all zeros"),
-        (_buffers_but_flag_false, "track_running_stats is still False"),
-        (_top_level_only_again, "no running statistics"),
-        (lambda model, sd: nn.Sequential(nn.Linear(2, 2)), "3 BN layers"),
-    ],
+def _buffers_by_hand(model, state_dict):
+    """Copies the checkpoint's BN buffers into place, but not its weights (gamma, beta, the convs)."""
+    for name, m in model.named_modules():
+        if isinstance(m, BN):
+            m.track_running_stats = True
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(m, key, state_dict[f"{name}.{key}"].clone())
+    return model
+
+
+TRACK_WRONG = (
+    (_strict_false, "strict=False"),
+    (_flag_only_again, "running_mean is None"),
+    (_no_counter, "num_batches_tracked"),
+    (_not_loaded, "all zeros"),
+    (_buffers_but_flag_false, "track_running_stats is still False"),
+    (_top_level_only_again, "no running statistics"),
+    (_buffers_by_hand, r"\['0.weight', '1.weight', '1.bias'\] differ from the checkpoint: load all of it"),
+    (lambda model, sd: nn.Sequential(nn.Linear(2, 2)), "3 BN layers"),
 )
-def test_track_again_wrong_answers(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb04.check_track_again(wrong)
 
 
 def test_notebook_04_make_untracked_builds_what_the_flag_builds():
@@ -212,11 +223,9 @@ def test_notebook_04_make_untracked_builds_what_the_flag_builds():
 # --- notebook 05: freeze_bn ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shortcut", [rbn.freeze_bn, lambda model: rbn.freeze_bn(model), lambda model: freeze_bn(model)])
-def test_the_exercise_refuses_reidlab_freeze_bn(shortcut):
-    """Exercise 5.1 says "without freeze_bn", which notebook 05 imports by name at its top."""
-    with pytest.raises(ExerciseError, match="by hand, without `reidlab.bn.freeze_bn`"):
-        nb05.check_freeze_bn(shortcut)
+def test_freeze_bn_works_again_after_the_check():
+    with pytest.raises(ExerciseError):
+        nb05.check_freeze_bn(freeze_bn)
     assert rbn.freeze_bn(nn.Sequential(nn.BatchNorm2d(2))) == ["0"]  # restored after the check
 
 
@@ -283,9 +292,7 @@ def _partial_of_a_local_function(model):
     return model
 
 
-def test_freeze_bn_solutions_pass_and_survive_a_save_load_round_trip(capsys, tmp_path):
-    nb05.check_freeze_bn(freeze_with_partial)
-    assert "torch.save / torch.load" in capsys.readouterr().out
+def test_the_freeze_solution_survives_a_save_load_round_trip(tmp_path):
     model = freeze_with_partial(nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)))
     torch.save(model, tmp_path / "frozen.pt")
     loaded = torch.load(tmp_path / "frozen.pt", weights_only=False).train()
@@ -331,31 +338,43 @@ def _drop_the_layers(model):
     return freeze_with_partial(model)
 
 
-def test_a_freeze_by_frozen_batchnorm2d_passes(capsys):
-    nb05.check_freeze_bn(freeze_by_conversion)
-    assert "torch.save / torch.load" in capsys.readouterr().out
+def _not_in_eval_yet(model):
+    """A train() that keeps the layers in eval, but they stay in train mode until the next model.train()."""
+    for m in _bn_modules(model):
+        m.requires_grad_(False)
+        m.train = functools.partial(_stay_in_eval, m)
+    return model
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (_assignment_bug, "requires_grad_ is no longer a method"),
-        (_grad_only, "does not survive train"),
-        (_eval_not_sticky, "does not survive train"),
-        (_momentum_zero, "normalise with the batch's statistics"),
-        (_freeze_everything, "freeze only the BN layers"),
-        (_stats_only, "still has requires_grad=True"),
-        (lambda model: _convert(model), r"layer '6': gamma \(weight\) still has requires_grad=True"),  # BatchNorm1d
-        (_convert_every_bn, "FrozenBatchNorm2d is for 4-D inputs"),
-        (_convert_without_stats, "differs from the original's in eval mode.*the running statistics"),
-        (_drop_the_layers, "the BN layer '1' is now a Identity"),
-        (_bound_method, "torch.save.*AttributeError.*functools.partial"),
-        (_partial_of_a_local_function, "torch.save.*defined inside another function"),
-    ],
+def _flag_off(model):
+    """Notebook 04's flag: it stops the updates, but train mode still normalises with the batch's statistics."""
+    for m in _bn_modules(model):
+        m.requires_grad_(False)
+        m.track_running_stats = False
+    return model
+
+
+FREEZE_WRONG = (
+    # the shortcut the exercise forbids: "Without freeze_bn" (notebook 05 imports it by name at its top)
+    (rbn.freeze_bn, "by hand, without `reidlab.bn.freeze_bn`"),
+    (lambda model: rbn.freeze_bn(model), "by hand, without `reidlab.bn.freeze_bn`"),
+    (lambda model: freeze_bn(model), "by hand, without `reidlab.bn.freeze_bn`"),
+    # the mistakes
+    (_assignment_bug, "requires_grad_ is no longer a method"),
+    (_grad_only, "moved in a forward right after the freeze: the layer is still in train mode"),
+    (_not_in_eval_yet, "moved in a forward right after the freeze.*put it in eval now"),
+    (_flag_off, "after model.train\\(\\) the BN layers normalise with the batch's statistics"),
+    (_eval_not_sticky, "does not survive train"),
+    (_momentum_zero, "normalise with the batch's statistics"),
+    (_freeze_everything, "freeze only the BN layers"),
+    (_stats_only, "still has requires_grad=True"),
+    (lambda model: _convert(model), r"layer '6': gamma \(weight\) still has requires_grad=True"),  # BatchNorm1d
+    (_convert_every_bn, "FrozenBatchNorm2d is for 4-D inputs"),
+    (_convert_without_stats, "differs from the original's in eval mode.*the running statistics"),
+    (_drop_the_layers, "the BN layer '1' is now a Identity"),
+    (_bound_method, "torch.save.*AttributeError.*functools.partial"),
+    (_partial_of_a_local_function, "torch.save.*defined inside another function"),
 )
-def test_freeze_bn_wrong_answers(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb05.check_freeze_bn(wrong)
 
 
 # --- notebook 05: FrozenBatchNorm2d conversion -------------------------------------------------
@@ -425,7 +444,7 @@ def test_to_frozen_must_return_the_model():
 
 
 def name_filter_errors(model, until):
-    """Exercise 5.2's solution."""
+    """Exercise 5.2's solution: one pass over named_modules(), stopping at `until`."""
     missed, caught = [], []
     for name, m in model.named_modules():
         if name == until:
@@ -438,9 +457,11 @@ def name_filter_errors(model, until):
     return missed, caught
 
 
-def test_name_filter_errors_solution_passes(capsys):
-    nb05.check_name_filter_errors(name_filter_errors)
-    assert "correct" in capsys.readouterr().out
+def name_filter_errors_by_takewhile(model, until):
+    """Also right: the modules before `until` first, then one list comprehension for each kind of mistake."""
+    before = list(itertools.takewhile(lambda item: item[0] != until, model.named_modules()))
+    return ([name for name, m in before if isinstance(m, BN) and "bn" not in name],
+            [name for name, m in before if not isinstance(m, BN) and "bn" in name])
 
 
 def test_the_exercise_answer_on_resnet50_is_the_two_downsample_bns():
@@ -471,24 +492,18 @@ def _caught_with_the_bns(model, until):
     return name_filter_errors(model, until)[0], [n for n in names[: names.index(until)] if "bn" in n]
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda model, until: (name_filter_errors(model, until)[0], []), "caught_wrongly is empty"),
-        (_only_2d, "BatchNorm1d is a BN layer too"),
-        (_no_stop, "stop at the module named"),
-        (lambda model, until: ([n for n, m in model.named_modules() if isinstance(m, BN) and "bn" in n][:2], []),
-         "do NOT contain 'bn'"),
-        (_caught_with_the_bns, "NOT BN layers"),
-        (lambda model, until: (name_filter_errors(model, until)[0][:1], []), "every BN layer"),
-        (lambda model, until: [m for n, m in model.named_modules() if isinstance(m, BN)][:2], "names"),
-        (lambda model, until: None, "pair"),
-        (lambda model, until: ("layer1.0.downsample.1", []), "list of names"),
-    ],
+NAME_FILTER_WRONG = (
+    (lambda model, until: (name_filter_errors(model, until)[0], []), "caught_wrongly is empty"),
+    (_only_2d, "BatchNorm1d is a BN layer too"),
+    (_no_stop, "stop at the module named"),
+    (lambda model, until: ([n for n, m in model.named_modules() if isinstance(m, BN) and "bn" in n][:2], []),
+     "do NOT contain 'bn'"),
+    (_caught_with_the_bns, "NOT BN layers"),
+    (lambda model, until: (name_filter_errors(model, until)[0][:1], []), "every BN layer"),
+    (lambda model, until: [m for n, m in model.named_modules() if isinstance(m, BN)][:2], "names"),
+    (lambda model, until: None, "pair"),
+    (lambda model, until: ("layer1.0.downsample.1", []), "list of names"),
 )
-def test_name_filter_errors_wrong_answers(wrong, message):
-    with pytest.raises(ExerciseError, match=message):
-        nb05.check_name_filter_errors(wrong)
 
 
 def test_set_bn_eval_selects_what_the_checker_expects():
@@ -517,3 +532,12 @@ def test_notebook_05_name_filter_is_set_bn_eval_minus_the_downsample_bns():
     assert len(by_type) == 24
     assert sorted(set(by_type) - set(by_name)) == ["layer1.0.downsample.1", "layer2.0.downsample.1"]
     assert set(by_name) <= set(by_type)
+
+
+ANSWERS = {  # run by tests/test_answer_suites.py
+    nb04.check_bn_forward: Answers(right=(bn_forward_right, bn_forward_functional), wrong=BN_FORWARD_WRONG),
+    nb04.check_track_again: Answers(right=(track_again_right, _replace_layers), wrong=TRACK_WRONG),
+    nb05.check_freeze_bn: Answers(right=(freeze_with_partial, freeze_by_conversion), wrong=FREEZE_WRONG),
+    nb05.check_name_filter_errors: Answers(right=(name_filter_errors, name_filter_errors_by_takewhile),
+                                           wrong=NAME_FILTER_WRONG),
+}

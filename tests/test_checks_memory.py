@@ -1,4 +1,7 @@
-"""Notebook 09's exercise checkers, and its hand-written ECN loop against reidlab.memory."""
+"""Notebook 09's exercise checkers, and its hand-written ECN loop against reidlab.memory.
+
+Each checker's right and wrong answers are in ``ANSWERS`` at the end (run by ``test_answer_suites.py``).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from answers import Answers
 from reidlab.lessons.checks import NOT_ATTEMPTED
 from reidlab.lessons.checks import nb09 as checks
 from reidlab.memory import InvarianceLoss, memory_update_, memory_update_loop_, smooth_targets
@@ -23,6 +27,22 @@ def soft_solution(logits, indices, k):
     top = logits.topk(k, dim=1).indices
     target = torch.zeros_like(logits).scatter_(1, top, 1.0 / k)
     return target.scatter_(1, indices.view(-1, 1), 1.0)
+
+
+def soft_one_hot(logits, indices, k):
+    """Also right: the top-k as a boolean mask, the own slot written last with torch.where."""
+    top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(k, dim=1).indices, True)
+    own = F.one_hot(indices, logits.shape[1]).bool()
+    return torch.where(own, torch.ones_like(logits), top.to(logits.dtype) / k)
+
+
+def soft_row_by_row(logits, indices, k):
+    """The right target, with the loop over the rows that the exercise rules out."""
+    target = torch.zeros_like(logits)
+    for row in range(len(logits)):
+        target[row, logits[row].topk(k).indices] = 1.0 / k
+        target[row, indices[row]] = 1.0
+    return target
 
 
 def soft_renormalised(logits, indices, k):
@@ -68,50 +88,30 @@ def soft_in_place(logits, indices, k):
     return soft_solution(logits, indices, k)
 
 
-def test_soft_target_solution_passes(capsys):
-    checks.check_soft_target(soft_solution)
-    assert "correct" in capsys.readouterr().out
+SOFT_TARGET_WRONG = (
+    # what the exercise rules out: smooth_targets (imported by name at the top of notebook 09), and a Python loop
+    (smooth_targets, "by hand, without `reidlab.memory.smooth_targets`"),
+    (lambda logits, indices, k: smooth_targets(logits, indices, k), "by hand, without `reidlab.memory.smooth_targets`"),
+    (soft_row_by_row, r"asks for no Python loop, but a line of `soft_row_by_row` ran \d+ times for 2 rows"),
+    # the mistakes
+    (soft_renormalised, "you renormalised the row"),
+    (soft_added, "you added 1 to the own slot"),
+    (soft_own_excluded, "you kept the own slot out of the top-k"),
+    (soft_smallest, "k smallest logits"),
+    (soft_no_own, "own slot must get weight 1"),
+    (soft_ones, "gets 1/k, not 1"),
+    (soft_wrong_order, "write the 1 last"),
+    (soft_in_place, "changed the logits in place"),
+    (lambda logits, indices, k: None, "forget to `return`"),
+    (lambda logits, indices, k: soft_solution(logits, indices, k)[:, :5], "expected \\(4, 10\\)"),
+)
 
 
-def soft_one_hot(logits, indices, k):
-    """Also right: the top-k as a boolean mask, the own slot written last with torch.where."""
-    top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(k, dim=1).indices, True)
-    own = F.one_hot(indices, logits.shape[1]).bool()
-    return torch.where(own, torch.ones_like(logits), top.to(logits.dtype) / k)
-
-
-def test_soft_target_second_solution_passes(capsys):
-    checks.check_soft_target(soft_one_hot)
-    assert "correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("shortcut", [smooth_targets, lambda logits, indices, k: smooth_targets(logits, indices, k)])
-def test_soft_target_refuses_the_library(shortcut):
-    """smooth_targets is imported by name at the top of notebook 09: the exercise is to write it."""
-    with pytest.raises(checks.ExerciseError, match="by hand, without `reidlab.memory.smooth_targets`"):
-        checks.check_soft_target(shortcut)
+def test_smooth_targets_works_again_after_the_check():
+    with pytest.raises(checks.ExerciseError):
+        checks.check_soft_target(smooth_targets)
     logits, indices, k = checks._soft_target_cases()[0]
     torch.testing.assert_close(smooth_targets(logits, indices, k), soft_solution(logits, indices, k))  # restored
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (soft_renormalised, "you renormalised the row"),
-        (soft_added, "you added 1 to the own slot"),
-        (soft_own_excluded, "you kept the own slot out of the top-k"),
-        (soft_smallest, "k smallest logits"),
-        (soft_no_own, "own slot must get weight 1"),
-        (soft_ones, "gets 1/k, not 1"),
-        (soft_wrong_order, "write the 1 last"),
-        (soft_in_place, "changed the logits in place"),
-        (lambda logits, indices, k: None, "forget to `return`"),
-        (lambda logits, indices, k: soft_solution(logits, indices, k)[:, :5], "expected \\(4, 10\\)"),
-    ],
-)
-def test_soft_target_wrong_answers_named(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_soft_target(wrong)
 
 
 def test_soft_target_cases_cover_own_slot_inside_and_outside():
@@ -129,7 +129,36 @@ def test_soft_target_cases_cover_own_slot_inside_and_outside():
 # --- exercise 9.2: the memory update -------------------------------------------------------
 
 
-def update_solution(memory, indices, features, alpha, epoch):
+def update_by_rounds(memory, indices, features, alpha, epoch):
+    """Without a loop over the batch: one vectorised round per occurrence (the exercise's hint)."""
+    rate = alpha * epoch
+    pending = torch.arange(len(indices))
+    while len(pending):
+        idx = indices[pending]
+        unique, inverse = torch.unique(idx, return_inverse=True)
+        first = torch.full((len(unique),), len(idx)).scatter_reduce(0, inverse, torch.arange(len(idx)), "amin")
+        rows = rate * memory[unique] + (1 - rate) * features[pending[first]]
+        memory[unique] = rows / rows.norm(dim=1, keepdim=True)
+        keep = torch.ones(len(idx), dtype=torch.bool)
+        keep[first] = False
+        pending = pending[keep]
+    return memory
+
+
+def update_by_occurrence(memory, indices, features, alpha, epoch):
+    """Also right: number each sample by how many earlier samples share its index (a pairwise comparison), then
+    update all the samples of one number at once, first numbers first."""
+    rate = alpha * epoch
+    earlier = torch.ones(len(indices), len(indices), dtype=torch.bool).tril(-1)  # [i, j]: sample j comes before i
+    occurrence = ((indices[:, None] == indices[None, :]) & earlier).sum(1)
+    for number in range(int(occurrence.max()) + 1):
+        now = occurrence == number
+        memory[indices[now]] = F.normalize(rate * memory[indices[now]] + (1 - rate) * features[now], dim=1)
+    return memory
+
+
+def update_per_sample(memory, indices, features, alpha, epoch):
+    """The published per-sample loop: the right memory, but the exercise asks for no loop over the batch."""
     rate = alpha * epoch
     for x, i in zip(features, indices.tolist()):
         memory[i] = rate * memory[i] + (1 - rate) * x
@@ -145,15 +174,11 @@ def update_no_normalise(memory, indices, features, alpha, epoch):
 
 
 def update_alpha_only(memory, indices, features, alpha, epoch):
-    return update_solution(memory, indices, features, alpha, 1)
+    return update_by_rounds(memory, indices, features, alpha, 1)
 
 
 def update_swapped(memory, indices, features, alpha, epoch):
-    rate = 1 - alpha * epoch
-    for x, i in zip(features, indices.tolist()):
-        memory[i] = rate * memory[i] + (1 - rate) * x
-        memory[i] = memory[i] / memory[i].norm()
-    return memory
+    return update_by_rounds(memory, indices, features, 1 - alpha * epoch, 1)
 
 
 def update_normalise_feature_only(memory, indices, features, alpha, epoch):
@@ -171,75 +196,54 @@ def update_one_shot(memory, indices, features, alpha, epoch):
 
 
 def update_touches_all(memory, indices, features, alpha, epoch):
-    memory = update_solution(memory, indices, features, alpha, epoch)
+    memory = update_by_rounds(memory, indices, features, alpha, epoch)
     return memory / memory.norm(dim=1, keepdim=True).clamp_min(1.5)
 
 
-def update_by_rounds(memory, indices, features, alpha, epoch):
-    """Also right, without a loop over the batch: one vectorised round per occurrence (the exercise's hint)."""
-    rate = alpha * epoch
-    pending = torch.arange(len(indices))
-    while len(pending):
-        idx = indices[pending]
-        unique, inverse = torch.unique(idx, return_inverse=True)
-        first = torch.full((len(unique),), len(idx)).scatter_reduce(0, inverse, torch.arange(len(idx)), "amin")
-        rows = rate * memory[unique] + (1 - rate) * features[pending[first]]
-        memory[unique] = rows / rows.norm(dim=1, keepdim=True)
-        keep = torch.ones(len(idx), dtype=torch.bool)
-        keep[first] = False
-        pending = pending[keep]
-    return memory
+UPDATE_RIGHT = (update_by_rounds, update_by_occurrence)
+UPDATE_WRONG = (
+    # what the exercise rules out: the library's update (imported by name at the top of notebook 09), and a loop
+    # over the batch
+    (lambda m, i, f, a, e: memory_update_loop_(m, i, f, a * e), "by hand, without `reidlab.memory.memory_update_loop_`"),
+    (lambda m, i, f, a, e: memory_update_(m, i, f, a * e), "by hand, without `reidlab.memory.memory_update_`"),
+    (update_per_sample, r"asks for no loop over the batch, but a line of `update_per_sample` ran \d+ times for a batch "
+                        r"of 2 and \d+ times for a batch of 8"),
+    # the naive vectorised update: wrong where an index occurs twice, which the visible check already has
+    (update_one_shot, r"\[4, 1, 4, 0\]\) an index that occurs more than once in a batch must be updated once per "
+                      "occurrence, in batch order"),
+    # the mistakes
+    (update_no_normalise, "you forgot to L2-normalise the updated row"),
+    (update_normalise_feature_only, "you forgot to L2-normalise the updated row"),
+    (update_alpha_only, "you used alpha instead of alpha\\*epoch"),
+    (update_swapped, "the weights are swapped"),
+    (update_touches_all, "rows that are not in the batch"),
+    (lambda m, i, f, a, e: None, "returned None"),
+)
 
 
-def test_update_solution_passes(capsys):
-    checks.check_memory_update(update_solution)
-    checks.check_memory_update(update_solution, repeated_indices=True)
-    checks.check_memory_update(update_by_rounds)
-    checks.check_memory_update(update_by_rounds, repeated_indices=True)
-    out = capsys.readouterr().out.splitlines()
-    assert out == [  # what notebook 09's committed output shows, for the visible and the hidden test
+def test_the_hidden_test_accepts_the_right_answers(capsys):
+    for answer in UPDATE_RIGHT:
+        checks.check_memory_update(answer)
+        checks.check_memory_update(answer, repeated_indices=True)
+    assert capsys.readouterr().out.splitlines() == [  # what notebook 09's committed output shows, visible and hidden
         "correct: memory update: rate alpha*epoch (0 at epoch 0: rows replaced), rows L2-normalised",
         "correct: memory update: rate alpha*epoch (0 at epoch 0: rows replaced), rows L2-normalised, repeated indices "
         "applied in order",
-    ] * 2
+    ] * len(UPDATE_RIGHT)
 
 
-@pytest.mark.parametrize("shortcut, name", [
-    (lambda m, i, f, a, e: memory_update_loop_(m, i, f, a * e), "memory_update_loop_"),
-    (lambda m, i, f, a, e: memory_update_(m, i, f, a * e), "memory_update_"),
-])
-def test_update_refuses_the_library(shortcut, name):
-    """Both are imported by name at the top of notebook 09: the exercise is to write the update."""
-    for repeated in (False, True):
-        with pytest.raises(checks.ExerciseError, match=f"by hand, without `reidlab.memory.{name}`"):
-            checks.check_memory_update(shortcut, repeated_indices=repeated)
-    memory = F.normalize(torch.randn(4, 3), dim=1)
-    torch.testing.assert_close(memory_update_(memory.clone(), torch.tensor([1, 1]), torch.ones(2, 3), 0.5),
-                               update_solution(memory.clone(), torch.tensor([1, 1]), torch.ones(2, 3), 0.5, 1))
-
-
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (update_no_normalise, "you forgot to L2-normalise the updated row"),
-        (update_normalise_feature_only, "you forgot to L2-normalise the updated row"),
-        (update_alpha_only, "you used alpha instead of alpha\\*epoch"),
-        (update_swapped, "the weights are swapped"),
-        (update_touches_all, "rows that are not in the batch"),
-        (lambda m, i, f, a, e: None, "returned None"),
-    ],
-)
-def test_update_wrong_answers_named(wrong, message):
+@pytest.mark.parametrize("wrong, message", UPDATE_WRONG)
+def test_the_hidden_test_refuses_the_wrong_answers_too(wrong, message):
     with pytest.raises(checks.ExerciseError, match=message):
         checks.check_memory_update(wrong, repeated_indices=True)
 
 
-@pytest.mark.parametrize("repeated_indices", [False, True])
-def test_one_shot_update_fails_the_visible_and_the_hidden_test(repeated_indices):
-    """The visible check has an index twice in a batch too, so a one-shot `memory[indices] = ...` fails it."""
-    with pytest.raises(checks.ExerciseError, match=r"\[4, 1, 4, 0\]\) an index that occurs more than once in a batch "
-                                                   "must be updated once per occurrence, in batch order"):
-        checks.check_memory_update(update_one_shot, repeated_indices=repeated_indices)
+def test_the_library_update_works_again_after_the_check():
+    with pytest.raises(checks.ExerciseError):
+        checks.check_memory_update(UPDATE_WRONG[1][0])
+    memory = F.normalize(torch.randn(4, 3), dim=1)
+    torch.testing.assert_close(memory_update_(memory.clone(), torch.tensor([1, 1]), torch.ones(2, 3), 0.5),
+                               update_per_sample(memory.clone(), torch.tensor([1, 1]), torch.ones(2, 3), 0.5, 1))
 
 
 # --- exercise 9.3: the temperature for a probability ratio -----------------------------------
@@ -249,9 +253,15 @@ def temp_solution(gap, ratio):
     return gap / math.log(ratio)
 
 
-def test_temperature_solution_passes(capsys):
-    checks.check_temperature_for(temp_solution)
-    assert "correct" in capsys.readouterr().out
+def temp_by_search(gap, ratio):
+    """Also right, without the algebra: bisect for the beta at which a softmax over two slots `gap` apart gives
+    that ratio (the ratio falls as beta grows)."""
+    low, high = 1e-6, 1e6
+    for _ in range(200):
+        beta = math.sqrt(low * high)
+        p = torch.softmax(torch.tensor([1.0, 1.0 - gap], dtype=torch.float64) / beta, dim=0)
+        low, high = (beta, high) if p[0] / p[1] > ratio else (low, beta)
+    return math.sqrt(low * high)
 
 
 def test_temperature_matches_the_softmax():
@@ -262,20 +272,15 @@ def test_temperature_matches_the_softmax():
     assert (p[0] / p[1]).item() == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize(
-    "wrong, message",
-    [
-        (lambda gap, ratio: gap * math.log(ratio), "you multiplied by ln\\(ratio\\)"),
-        (lambda gap, ratio: math.log(ratio) / gap, "that is 1 / beta"),
-        (lambda gap, ratio: gap / ratio, "divided by the ratio itself"),
-        (lambda gap, ratio: gap / math.log10(ratio), "natural logarithm"),
-        (lambda gap, ratio: None, "returned None"),
-        (lambda gap, ratio: [gap], "one number"),
-    ],
+TEMPERATURE_WRONG = (
+    (lambda gap, ratio: gap * math.log(ratio), "you multiplied by ln\\(ratio\\)"),
+    (lambda gap, ratio: math.log(ratio) / gap, "that is 1 / beta"),
+    (lambda gap, ratio: gap / ratio, "divided by the ratio itself"),
+    (lambda gap, ratio: gap / math.log10(ratio), "natural logarithm"),
+    (lambda gap, ratio: gap / math.log2(ratio), "natural logarithm"),
+    (lambda gap, ratio: None, "returned None"),
+    (lambda gap, ratio: [gap], "one number"),
 )
-def test_temperature_wrong_answers_named(wrong, message):
-    with pytest.raises(checks.ExerciseError, match=message):
-        checks.check_temperature_for(wrong)
 
 
 def test_unattempted_exercises_explain_themselves():
@@ -331,3 +336,10 @@ def test_notebook_soft_target_loop_matches_library():
     ns = _notebook_functions("smooth_hot_loop")
     for logits, indices, k in checks._soft_target_cases():
         torch.testing.assert_close(ns["smooth_hot_loop"](logits, indices, k), smooth_targets(logits, indices, k))
+
+
+ANSWERS = {  # run by tests/test_answer_suites.py
+    checks.check_soft_target: Answers(right=(soft_solution, soft_one_hot), wrong=SOFT_TARGET_WRONG),
+    checks.check_memory_update: Answers(right=UPDATE_RIGHT, wrong=UPDATE_WRONG),
+    checks.check_temperature_for: Answers(right=(temp_solution, temp_by_search), wrong=TEMPERATURE_WRONG),
+}

@@ -16,7 +16,8 @@ notebook can call them without seeing the solution. A notebook imports its own m
 
 This package holds only what they share: :class:`ExerciseError`, :func:`fail` and
 :func:`passed`, the :func:`checker` decorator that every public ``check_*`` carries, :func:`forbid`
-(the library shortcuts an exercise rules out), and helpers used by the checkers of several notebooks. Importing it, or any ``nbNN``, changes no
+(the library shortcuts an exercise rules out), :func:`refuse_loops` (a Python loop where an exercise asks
+for none), and helpers used by the checkers of several notebooks. Importing it, or any ``nbNN``, changes no
 global state (no import hook, no IPython handler).
 
 Every exercise is answered with a function the learner writes in the solution cell, and its
@@ -31,7 +32,10 @@ import functools
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Iterator, TypeVar
+import sys
+import types
+from collections import Counter
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +43,7 @@ from torch import nn
 
 __all__ = [
     "NOT_ATTEMPTED", "ExerciseError", "as_number", "as_tensor", "checker", "expect_close",
-    "fail", "forbid", "passed", "small_bn_model",
+    "fail", "forbid", "passed", "refuse_loops", "small_bn_model",
 ]
 
 _Check = TypeVar("_Check", bound=Callable[..., Any])
@@ -49,7 +53,7 @@ class ExerciseError(AssertionError):
     """A wrong answer, with an explanation a learner can act on."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise ExerciseError(message)
 
 
@@ -146,6 +150,59 @@ def _restore_code(fn: Any, saved: tuple) -> None:
     fn.__code__, fn.__defaults__, fn.__kwdefaults__ = saved
 
 
+# --- Python loops an exercise rules out ------------------------------------------------------
+
+
+def _most_line_runs(fn: Callable[..., Any], args: tuple) -> int:
+    """Call ``fn(*args)`` and return how many times the most-run line of ``fn``'s file ran meanwhile.
+
+    Only the code of ``fn``'s own file is counted (the notebook cell, with any helper it defines), not
+    the libraries it calls. Straight-line code runs each line once or twice (a statement written over
+    several lines may come back to its first one), whatever the size of the arguments; the body of a
+    loop, a comprehension or a generator, or a function mapped over items, runs once per item.
+    """
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    runs: Counter[tuple[types.CodeType, int]] = Counter()
+
+    def count(frame: types.FrameType, event: str, _arg: Any) -> Callable[..., Any]:
+        if event == "line":
+            runs[frame.f_code, frame.f_lineno] += 1
+        return count
+
+    def enter(frame: types.FrameType, _event: str, _arg: Any) -> Callable[..., Any] | None:
+        return count if code is not None and frame.f_code.co_filename == code.co_filename else None
+
+    previous = sys.gettrace()
+    sys.settrace(enter)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(previous)
+    return max(runs.values(), default=0)
+
+
+def refuse_loops(fn: Callable[..., Any], small: tuple, large: tuple, *, sizes: tuple[str, str], hint: str,
+                 rule: str = "no Python loop") -> None:
+    """Fail when a line of the learner's code runs more often for the ``large`` arguments than for the ``small`` ones.
+
+    For the exercises whose text asks for no Python loop (or none over the batch): a loop over the
+    items of the input runs its body once per item, so some line runs more often on a larger input,
+    while vectorised code runs each line as often whatever the size (a loop over a fixed number of
+    rounds too). ``fn`` is called once with each tuple of arguments; ``sizes`` says what they are
+    ("a list of 4", "a list of 16"), ``hint`` what to use instead. Call it once the answer's values
+    were checked, since a wrong value has a more useful message.
+
+    Counted with :func:`sys.settrace`; the tracer in place before (a debugger's, say) is put back
+    afterwards. Like :func:`forbid`, a guard against the usual loop, not a sandbox: a loop in a helper
+    defined in another cell, or one run by a library (``map`` of a builtin), is not seen.
+    """
+    few, many = _most_line_runs(fn, small), _most_line_runs(fn, large)
+    if many > few + 1:
+        name = getattr(fn, "__name__", "your function")
+        fail(f"the exercise asks for {rule}, but a line of `{name}` ran {few} times for {sizes[0]} and {many} times "
+             f"for {sizes[1]}: {hint}")
+
+
 # --- helpers shared by the checkers of several notebooks ------------------------------------
 
 
@@ -178,7 +235,7 @@ def as_number(x: Any, cast: Callable[[Any], Any], *, if_none: str, if_wrong: str
     if not isinstance(x, _NUMERIC):
         fail(if_wrong.format(type=type(x).__name__))
     try:
-        value = float(x)
+        value = float(x)  # type: ignore[arg-type]  # on purpose: the except below names what float() refuses
         result = cast(x)
     except (TypeError, ValueError, OverflowError, RuntimeError):
         fail(if_wrong.format(type=type(x).__name__))
@@ -223,6 +280,8 @@ def small_bn_model(seed: int = 0) -> nn.Module:
         )
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                # built above with the defaults (track_running_stats=True), so the buffers are tensors
+                assert m.running_mean is not None and m.running_var is not None and m.num_batches_tracked is not None
                 with torch.no_grad():
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.normal_()

@@ -48,8 +48,11 @@ def check_softmax_temperature(fn: Callable[[torch.Tensor, float], torch.Tensor])
         if torch.isnan(got).any():
             fail(f"NaN at T={t}: subtract the row maximum before exp() to avoid overflow")
         expect_close(got, _softmax_t(scores, t), name=f"softmax(scores, {t})", hint="divide the scores by T")
-    big = torch.tensor([[1000.0, 999.0]])
-    got = as_tensor(_call(fn, big, 1.0), "softmax([[1000, 999]], 1.0)")
-    if not torch.isfinite(got).all():
+    big = torch.tensor([[1000.0, 999.0], [-1000.0, 0.0]])
+    got = as_tensor(_call(fn, big, 1.0), "softmax([[1000, 999], [-1000, 0]], 1.0)")
+    if not torch.isfinite(got[:1]).all():
         fail("exp(1000) overflows to inf: subtract each row's maximum before exp() (the result is unchanged)")
+    if not torch.isfinite(got).all():
+        fail("the row [-1000, 0] gives NaN: subtract each row's own maximum (dim=-1, keepdim=True), "
+             "not one maximum for the whole tensor, nor the mean")
     passed("softmax with temperature, stable for large scores")

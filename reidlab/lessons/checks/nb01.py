@@ -24,14 +24,17 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return tuple(a.shape) == tuple(b.shape) and torch.allclose(a.detach().to(b.dtype), b, atol=atol, rtol=1e-4)
 
 
-def _conv_bn_pair(seed: int, *, bias: bool, stride: int, padding: int, groups: int, eps: float):
+def _conv_bn_pair(
+    seed: int, *, bias: bool, stride: int, padding: int, dilation: int, groups: int, eps: float
+) -> tuple[nn.Conv2d, nn.BatchNorm2d, torch.Tensor]:
     """A conv and an eval-mode BN with non-trivial parameters and buffers, and a probe input."""
     g = torch.Generator().manual_seed(seed)
-    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups, bias=bias)
+    conv = nn.Conv2d(4, 6, 3, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
     bn = nn.BatchNorm2d(6, eps=eps)
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats=True, the default
     with torch.no_grad():
         conv.weight.normal_(generator=g)
-        if bias:
+        if conv.bias is not None:  # built with bias=bias
             conv.bias.normal_(generator=g)
         bn.weight.uniform_(0.5, 2.0, generator=g)
         bn.bias.normal_(generator=g)
@@ -43,6 +46,7 @@ def _conv_bn_pair(seed: int, *, bias: bool, stride: int, padding: int, groups: i
 
 def _folded_candidates(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(weight, bias) of the usual wrong folds, keyed by the sentence that names the mistake."""
+    assert bn.running_mean is not None and bn.running_var is not None  # _conv_bn_pair's layer tracks statistics
     w, mu, var = conv.weight.detach(), bn.running_mean, bn.running_var
     gamma, beta = bn.weight.detach(), bn.bias.detach()
     b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mu)
@@ -75,15 +79,15 @@ _FUSION = tuple((owner, name) for owner in (torch.nn.utils.fusion, torch.nn.util
 def check_fold_bn(fn: Callable[[nn.Conv2d, nn.BatchNorm2d], Any]) -> None:
     """Notebook 01: ``fn(conv, bn)`` returns a new ``nn.Conv2d`` equal to ``bn(conv(x))`` with ``bn`` in eval mode.
 
-    Tried on a conv without a bias (stride 2, padding 1, ``eps=1e-3``) and one with a bias
+    Tried on a conv without a bias (stride 2, padding 1, dilation 2, ``eps=1e-3``) and one with a bias
     (grouped, no padding, ``eps=0.1``), both followed by a BN layer with non-trivial running
     statistics; ``conv`` and ``bn`` must be left unchanged.
     """
-    cases = [dict(seed=11, bias=False, stride=2, padding=1, groups=1, eps=1e-3),
-             dict(seed=12, bias=True, stride=1, padding=0, groups=2, eps=0.1)]
-    for case in cases:
-        conv, bn, x = _conv_bn_pair(**case)
-        what = f"a conv {'with' if case['bias'] else 'without'} a bias"
+    cases = [(11, False, 2, 1, 2, 1, 1e-3), (12, True, 1, 0, 1, 2, 0.1)]  # seed, bias, stride, padding, dilation, groups, eps
+    for seed, bias, stride, padding, dilation, groups, eps in cases:
+        conv, bn, x = _conv_bn_pair(seed, bias=bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                    eps=eps)
+        what = f"a conv {'with' if bias else 'without'} a bias"
         before = {k: v.clone() for k, v in (*conv.state_dict().items(), *[("bn." + k, v) for k, v in bn.state_dict().items()])}
         with torch.no_grad():
             expected = bn(conv(x))

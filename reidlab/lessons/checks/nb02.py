@@ -36,6 +36,7 @@ def check_evaluate_fixed(fn: Callable[..., Any]) -> None:
     with torch.no_grad():  # give the running stats values that differ from any batch's
         for m in base.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                assert m.running_mean is not None and m.running_var is not None  # SmallBNNet's layers track statistics
                 m.running_mean.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
                 m.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
     expected = accuracy(copy.deepcopy(base).eval(), data)

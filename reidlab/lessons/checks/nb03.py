@@ -49,6 +49,7 @@ def _bn_running_mean(batches: Sequence[torch.Tensor], momentum: float) -> torch.
     with torch.no_grad():
         for b in batches:
             bn(b.double())
+    assert bn.running_mean is not None  # built with track_running_stats=True, the default
     return bn.running_mean.clone()
 
 
@@ -133,15 +134,15 @@ def _keras_moving_mean(start: torch.Tensor, batches: Sequence[torch.Tensor], ker
     return m
 
 
-def _port_mistake(layer: torch.nn.Module, w: dict[str, torch.Tensor], x: torch.Tensor, config: dict) -> str:
+def _port_mistake(layer: torch.nn.modules.batchnorm._BatchNorm, w: dict[str, torch.Tensor], x: torch.Tensor, config: dict) -> str:
     """The sentence naming why the ported layer's eval output differs from Keras'."""
     swapped = dict(w, gamma=w["beta"], beta=w["gamma"])
     stats_swapped = dict(w, moving_mean=w["moving_variance"], moving_variance=w["moving_mean"].abs())
     with torch.no_grad():
         got = layer.eval()(x)
     candidates = [
-        (_keras_inference(w, x, 1e-5), "eps: Keras adds its own `epsilon` (config['epsilon'], 1e-3 by default) to the "
-                                        "variance, PyTorch's default is 1e-5: pass eps=config['epsilon']"),
+        (_keras_inference(w, x, layer.eps), f"eps: Keras adds its own `epsilon` (config['epsilon'], {config['epsilon']:g} "
+                                            f"here) to the variance, your layer {layer.eps:g}: pass eps=config['epsilon']"),
         (_keras_inference(swapped, x, config["epsilon"]), "gamma (the scale) goes into weight and beta (the shift) into bias"),
         (_keras_inference(stats_swapped, x, config["epsilon"]), "moving_mean goes into running_mean and moving_variance into "
                                                                 "running_var"),

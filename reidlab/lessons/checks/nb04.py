@@ -10,12 +10,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, passed, small_bn_model
+from reidlab.lessons.checks import ExerciseError, as_tensor, checker, fail, forbid, passed, small_bn_model
 
 __all__ = ["ExerciseError", "check_bn_forward", "check_track_again"]
 
 
-def _bn_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: torch.nn.Module) -> torch.Tensor:
+def _bn_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     shape = [1, -1] + [1] * (x.dim() - 2)
     y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
     if bn.weight is not None:
@@ -26,6 +26,9 @@ def _bn_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, bn: torch.n
 #: The states exercise 4.1 tries, as (flag, buffers present): built tracked, built untracked, and a tracked
 #: layer whose flag was set to False afterwards (notebook 04, section 1): its buffers are still tensors.
 _FORWARD_STATES = ((True, True), (False, False), (False, True))
+
+#: Calling a BN layer, which exercise 4.1 rules out: ``bn(x)``, ``bn.forward(x)``, a copy of ``bn`` or a new BN layer.
+_LAYER = (nn.modules.batchnorm._BatchNorm, "forward", "calling the layer (bn(x), bn.forward(x), a copy or a new BN layer)")
 
 _FLIPPED = ("PyTorch decides by whether running_mean/running_var exist, not by the flag (notebook 04, the "
             "flag-flipped layer): this layer's track_running_stats was set to False after it was built, its buffers "
@@ -39,6 +42,7 @@ def _forward_layer(track: bool, buffers: bool, training: bool, g: torch.Generato
         bn.weight.copy_(torch.rand(4, generator=g) + 0.5)
         bn.bias.copy_(torch.randn(4, generator=g))
         if buffers:
+            assert bn.running_mean is not None and bn.running_var is not None  # built with track_running_stats=True
             bn.running_mean.copy_(torch.randn(4, generator=g))
             bn.running_var.copy_(torch.rand(4, generator=g) + 0.5)
     bn.track_running_stats = track
@@ -50,7 +54,7 @@ def _forward_mistake(got: torch.Tensor, expected: torch.Tensor, x: torch.Tensor,
     dims = [0, 2, 3]
     bmean, bvar = x.mean(dims), x.var(dims, unbiased=False)
     candidates = {"batch": _bn_norm(x, bmean, bvar, bn), "unbiased": _bn_norm(x, bmean, x.var(dims, unbiased=True), bn)}
-    if bn.running_mean is not None:
+    if bn.running_mean is not None and bn.running_var is not None:
         candidates["running"] = _bn_norm(x, bn.running_mean, bn.running_var, bn)
     close = {k: torch.allclose(got, v, atol=1e-4, rtol=1e-4) for k, v in candidates.items()}
     if close.get("running") and bn.training:
@@ -85,10 +89,9 @@ def check_bn_forward(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
             state = f"{'train' if training else 'eval'} mode, track_running_stats={track}"
             if buffers and not track:
                 state += " (set after construction: the buffers are still there)"
-            called: list[bool] = []
-            handle = bn.register_forward_hook(lambda *_: called.append(True))
             try:
-                got = fn(bn, x.clone())
+                with forbid(_LAYER, why="compute the output from its buffers and parameters"):
+                    got = fn(bn, x.clone())
             except (TypeError, AttributeError) as err:
                 if not buffers:
                     fail(
@@ -96,10 +99,6 @@ def check_bn_forward(fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
                         "statistics: such a layer normalises with the batch's statistics in eval mode too"
                     )
                 raise
-            finally:
-                handle.remove()
-            if called:
-                fail("you called the layer itself: compute the output from its buffers and parameters instead")
             got = as_tensor(got, f"bn_forward ({state})").detach()
             if got.shape != expected.shape:
                 fail(f"{state}: output shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
@@ -118,7 +117,7 @@ def _untracked_copy(seed: int) -> torch.nn.Module:
     return model
 
 
-def _tracking_mistake(bns: list[tuple[str, torch.nn.Module]], checkpoint: dict[str, torch.Tensor]) -> str | None:
+def _tracking_mistake(bns: list[tuple[str, nn.modules.batchnorm._BatchNorm]], checkpoint: dict[str, torch.Tensor]) -> str | None:
     """The sentence naming why the BN layers do not hold the checkpoint's statistics, or None."""
     for name, m in bns:
         if m.running_mean is None or m.running_var is None:
@@ -133,6 +132,7 @@ def _tracking_mistake(bns: list[tuple[str, torch.nn.Module]], checkpoint: dict[s
         if m.num_batches_tracked is None:
             return f"layer {name!r}: num_batches_tracked is None; create it too (a 0-dim long tensor) and load it"
     for name, m in bns:
+        assert m.running_mean is not None  # the loop above returned for a layer without one
         key = f"{name}.running_mean"
         if not torch.equal(m.running_mean, checkpoint[key]):
             if torch.equal(m.running_mean, torch.zeros_like(m.running_mean)):
@@ -192,7 +192,9 @@ def check_track_again(fn: Callable[[torch.nn.Module, dict], Any]) -> None:
     model.train()
     with torch.no_grad():
         model(x)
-    if int(bns[0][1].num_batches_tracked) != int(checkpoint[f"{bns[0][0]}.num_batches_tracked"]) + 1:
+    first_name, first = bns[0]
+    assert first.num_batches_tracked is not None  # _tracking_mistake found no layer without it
+    if int(first.num_batches_tracked) != int(checkpoint[f"{first_name}.num_batches_tracked"]) + 1:
         fail("a training batch did not update the statistics: the layers should track again (train mode updates them)")
     passed("every BN layer tracks again, with the checkpoint's statistics: eval outputs equal the tracked model's "
            "and no longer depend on the batch")

@@ -24,9 +24,10 @@ __all__ = ["ExerciseError", "check_freeze_bn", "check_name_filter_errors", "chec
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def _freeze_and_list(fn: Callable[[torch.nn.Module], Any], model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+def _freeze_and_list(fn: Callable[[torch.nn.Module], Any], model: nn.Module) -> tuple[nn.Module, list[tuple[str, Any]]]:
     """Apply the learner's ``fn(model)`` (``reidlab.bn.freeze_bn`` refused while it runs) and list, by the
-    names the model's BN layers had, what stands there now: a BN layer or torchvision's FrozenBatchNorm2d.
+    names the model's BN layers had, what stands there now: a BN layer or torchvision's FrozenBatchNorm2d
+    (typed ``Any``: torchvision has no type hints, and the learner's layer may have lost its buffers).
 
     ``fn`` may change the model in place (any return value) or return a new model.
     """
@@ -50,9 +51,10 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     """Notebook 05: ``fn(model)`` must freeze every BN layer of ``model`` in both senses, in place.
 
     Frozen means: gamma/beta get no gradient (``requires_grad=False``), the running statistics
-    stay put *and are used* even after ``model.train()`` (the output in train mode is the original
-    model's in eval mode), and nothing else is frozen. A layer may stay a BN layer or become
-    torchvision's ``FrozenBatchNorm2d`` (which holds gamma and beta as buffers).
+    stay put (in a forward right after the freeze too) *and are used* even after ``model.train()``
+    (the output in train mode is the original model's in eval mode), and nothing else is frozen. A
+    layer may stay a BN layer or become torchvision's ``FrozenBatchNorm2d`` (which holds gamma and
+    beta as buffers).
     """
     model = small_bn_model()
     x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(2)) * 3 + 2
@@ -73,6 +75,12 @@ def check_freeze_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     if not others:
         fail("no parameter is trainable any more: freeze only the BN layers, not the convolutions and the classifier")
     ref = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns}
+    with torch.no_grad():
+        model(x)  # a training loop's first forward, before any model.train()
+    for name, m in bns:
+        if not torch.equal(m.running_mean, ref[name][0]):
+            fail(f"running_mean of {name!r} moved in a forward right after the freeze: the layer is still in train "
+                 f"mode; put it in eval now (m.eval()), not only at the next model.train()")
     model.train()
     with torch.no_grad():
         y_train = model(x)
@@ -159,6 +167,8 @@ def check_to_frozen_bn(fn: Callable[[torch.nn.Module], Any]) -> None:
     out.eval()
     for (name, fm) in [(n, m) for n, m in out.named_modules() if isinstance(m, FrozenBatchNorm2d)]:
         src = original.get_submodule(name)
+        # fn replaced the BatchNorm2d at this name; original was copied from small_bn_model before fn ran
+        assert isinstance(src, nn.BatchNorm2d) and src.running_mean is not None
         if torch.allclose(fm.running_mean, torch.zeros_like(fm.running_mean)) and not torch.allclose(
             src.running_mean, torch.zeros_like(src.running_mean)
         ):

@@ -11,6 +11,7 @@ import copy
 from typing import Any, Callable
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import reidlab.bn
 from reidlab.dsbn import DSBN2d, convert_dsbn, domain, dsbn_layers
@@ -74,15 +75,23 @@ def _step_variant(x: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor, momentum:
     return tuple(out)
 
 
+def _branch_stats(bn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var)`` of a branch of a DSBN layer this module built."""
+    # DSBN2d and convert_dsbn make each branch a BN layer, here always with track_running_stats=True
+    assert isinstance(bn, _BatchNorm) and bn.running_mean is not None and bn.running_var is not None
+    return bn.running_mean, bn.running_var
+
+
 def _layer_after_split_step(x: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor, momentum: float):
     """What ``reidlab.dsbn.DSBN2d`` really stores: the reference answer of exercise 6.1."""
     layer = DSBN2d(x.shape[1], momentum=momentum).train()
     with torch.no_grad():
         for bn in layer.bns:
-            bn.running_mean.copy_(rm)
-            bn.running_var.copy_(rv)
+            mean, var = _branch_stats(bn)
+            mean.copy_(rm)
+            var.copy_(rv)
         layer(x)
-    return tuple((bn.running_mean.clone(), bn.running_var.clone()) for bn in layer.bns)
+    return tuple((mean.clone(), var.clone()) for mean, var in map(_branch_stats, layer.bns))
 
 
 def _unpack_stats(result: Any, c: int) -> list[torch.Tensor]:
@@ -160,9 +169,11 @@ def _dsbn_model() -> torch.nn.Module:
     with torch.no_grad():
         for layer in dsbn_layers(model):
             for d, bn in enumerate(layer.bns):
+                assert isinstance(bn, _BatchNorm)  # convert_dsbn's branches are BN layers
+                mean, var = _branch_stats(bn)
                 c = bn.num_features
-                bn.running_mean.copy_(torch.randn(c, generator=g) + 2.0 * d)
-                bn.running_var.copy_(torch.rand(c, generator=g) + 0.5 + d)
+                mean.copy_(torch.randn(c, generator=g) + 2.0 * d)
+                var.copy_(torch.rand(c, generator=g) + 0.5 + d)
                 bn.weight.add_(0.3 * d)
     return model
 

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 import reidlab.bn
 from reidlab.ibn import resnet18_ibn_a
-from reidlab.lessons.checks import ExerciseError, as_number, as_tensor, checker, fail, forbid, passed
+from reidlab.lessons.checks import ExerciseError, as_number, as_tensor, checker, fail, forbid, passed, refuse_loops
 
 __all__ = ["ExerciseError", "check_count_norm_params", "check_ibn_split", "check_instance_norm"]
 
@@ -76,6 +76,10 @@ def check_instance_norm(fn: Callable[..., Any]) -> None:
             fail("divide by the standard deviation sqrt(var + eps), not by the variance")
         fail(f"instance_norm(x) is off by up to {(got - want).abs().max().item():.3g} for a batch of shape "
              f"{tuple(x.shape)}")
+    refuse_loops(fn, (torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64), 1e-5),
+                 (torch.randn(8, 8, 6, 6, generator=g, dtype=torch.float64), 1e-5),
+                 sizes=("a (2, 2, 3, 3) batch", "an (8, 8, 6, 6) one"),
+                 hint="take each statistic over dims (2, 3) of the whole batch at once, with keepdim=True")
     passed("instance norm by hand matches F.instance_norm (each image's channels by their own statistics)")
 
 
@@ -91,7 +95,8 @@ def check_ibn_split(fn: Callable[[int, float], Any]) -> None:
     IBN-Net (and :class:`reidlab.ibn.IBN`) gives IN ``int(planes * ratio)`` channels (rounded
     down) and BN the rest.
     """
-    cases = [(64, 0.5), (128, 0.5), (256, 0.5), (10, 0.25), (7, 0.5), (100, 0.3)]
+    # 14 * 0.25 = 3.5 comes before 7 * 0.5 = 3.5: there rounding up, (4, 3), is also the swapped pair
+    cases = [(64, 0.5), (128, 0.5), (256, 0.5), (10, 0.25), (14, 0.25), (7, 0.5), (100, 0.3)]
     for planes, ratio in cases:
         want = _ibn_split_reference(planes, ratio)
         got = fn(planes, ratio)

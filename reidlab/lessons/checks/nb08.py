@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from reidlab.lessons.checks import ExerciseError, as_number, checker, fail, passed
+from reidlab.lessons.checks import ExerciseError, as_number, checker, fail, passed, refuse_loops
 
 __all__ = ["ExerciseError", "check_average_precision", "check_inp", "check_trapezoid_ap"]
 
@@ -20,6 +20,12 @@ def _call_ap(fn: Callable[[Any], Any], matches: list[bool]) -> float:
         if_none="your function returned None: did it forget to `return` the AP?",
         if_wrong="return one number (the AP of the list), got {type}", finite=False,  # inf has a message of its own
     )
+
+
+def _refuse_loops(fn: Callable[[Any], Any], hint: str) -> None:
+    """The exercises of notebook 08 ask for no Python loop: the answer must not run a line once per item."""
+    small = np.array([False, True, False, True])
+    refuse_loops(fn, (small,), (np.tile(small, 4),), sizes=("a list of 4", "a list of 16"), hint=hint)
 
 
 def _ap_reference(matches: list[bool]) -> float:
@@ -62,6 +68,7 @@ def check_average_precision(fn: Callable[[Any], Any]) -> None:
         if math.isclose(got, sum(j / r for j, r in enumerate(hits, start=1)) / n, rel_tol=1e-6):
             fail("divide by the number of true matches, not by the length of the list")
         fail(f"AP of {matches} should be {want:.4f}, got {got:.4f}")
+    _refuse_loops(fn, "np.cumsum(matches) counts the matches up to every rank at once")
     passed("non-interpolated average precision")
 
 
@@ -105,6 +112,7 @@ def check_trapezoid_ap(fn: Callable[[Any], Any]) -> None:
         if math.isclose(got, want * n / len(matches), rel_tol=1e-6):
             fail("divide by the number of true matches, not by the length of the list")
         fail(f"trapezoid AP of {matches} should be {want:.4f}, got {got:.4f}")
+    _refuse_loops(fn, "np.flatnonzero gives the ranks r of all the matches at once, np.arange their counts j")
     passed("Market-1501's trapezoid AP (the official code's and ECN's rule)")
 
 
@@ -126,4 +134,5 @@ def check_inp(fn: Callable[[Any], Any]) -> None:
         if math.isclose(got, len(hits) / (hits[-1] - 1) if hits[-1] > 1 else math.inf, rel_tol=1e-6):
             fail("ranks start at 1: the last true match's rank is its position + 1")
         fail(f"INP of {matches} should be {want:.4f}, got {got:.4f}")
+    _refuse_loops(fn, "np.flatnonzero gives the ranks of all the matches at once")
     passed("INP = number of true matches / rank of the hardest one")

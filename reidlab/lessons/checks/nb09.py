@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 import reidlab.memory
-from reidlab.lessons.checks import ExerciseError, as_number, as_tensor, checker, fail, forbid, passed
+from reidlab.lessons.checks import ExerciseError, as_number, as_tensor, checker, fail, forbid, passed, refuse_loops
 
 __all__ = ["ExerciseError", "check_memory_update", "check_soft_target", "check_temperature_for"]
 
@@ -92,6 +92,11 @@ def check_soft_target(fn: Callable[[torch.Tensor, torch.Tensor, int], Any]) -> N
         bad = int(((got - want).abs() > 1e-6).any(dim=1).nonzero()[0])
         fail(f"(k={k}) row {bad} differs: expected weights {[round(v, 4) for v in want[bad].tolist()]}, got "
              f"{[round(v, 4) for v in got[bad].tolist()]}")
+    g = torch.Generator().manual_seed(91)
+    refuse_loops(fn, (torch.randn(2, 6, generator=g, dtype=torch.float64), torch.tensor([1, 4]), 2),
+                 (torch.randn(8, 24, generator=g, dtype=torch.float64), torch.arange(0, 24, 3), 8),
+                 sizes=("2 rows and k=2", "8 rows and k=8"),
+                 hint="torch.topk finds every row's k largest logits at once, and Tensor.scatter_ writes them")
     passed("ECN's soft target: 1/k on the top-k, 1 on the own slot, rows not renormalised")
 
 
@@ -165,6 +170,12 @@ def check_memory_update(fn: Callable[..., Any], *, repeated_indices: bool = Fals
                  "normalise after mixing: even a mix of two unit vectors is shorter than 1")
         fail(f"{what} the updated rows are off by up to {(got - want).abs().max().item():.3g}: "
              "M[i] <- a*M[i] + (1-a)*f with a = alpha*epoch, then M[i] /= ||M[i]||")
+    more = 2.0 * torch.randn(8, 5, generator=g, dtype=torch.float64)
+    refuse_loops(fn, (memory.clone(), torch.tensor([5, 2]), more[:2].clone(), 0.01, 10),
+                 (memory.clone(), torch.tensor([3, 0, 6, 1, 7, 2, 5, 4]), more.clone(), 0.01, 10),
+                 sizes=("a batch of 2", "a batch of 8 (no index twice)"), rule="no loop over the batch",
+                 hint="update all the distinct indices of a batch in one tensor operation; only the later "
+                      "occurrences of an index need another round (torch.unique, scatter_reduce)")
     passed("memory update: rate alpha*epoch (0 at epoch 0: rows replaced), rows L2-normalised"
            + (", repeated indices applied in order" if repeated_indices else ""))
 

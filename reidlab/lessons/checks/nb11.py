@@ -130,6 +130,9 @@ def check_images_per_bn(fn: Callable[[int, int, bool], Any]) -> None:
         fn(100, 3, False)
     except ValueError:
         pass
+    except Exception as err:  # noqa: BLE001 - an assert, say: the learner's exception names no ValueError
+        fail(f"batch_size=100 cannot be shared by 3 processes: raise ValueError (as ECNConfig does), not "
+             f"{type(err).__name__}")
     else:
         fail("batch_size=100 cannot be shared by 3 processes: raise ValueError (as ECNConfig does), do not round")
     passed("batch_size // world_size images per BN without SyncBN, batch_size with it, one domain at a time")
@@ -170,7 +173,11 @@ def check_update_all_copies(fn: Callable[[list, list, float], Any]) -> None:
         memory, batches = _memory_case(world, seed)
         copies = [memory.clone() for _ in range(world)]
         given = [(f.clone(), i.clone()) for f, i in batches]
+        tensors = list(copies)  # what each process holds: the answer must update these, not the list
         returned = fn(copies, given, rate)
+        if len(copies) != world or any(c is not t for c, t in zip(copies, tensors)):
+            fail("you put other tensors into the list `copies`; each process keeps using its own tensor, so update "
+                 "each copy in place (memory_update_ does)")
         want = _updated(memory, batches, list(range(world)), rate)
         if all(torch.equal(c, memory) for c in copies):
             if isinstance(returned, (list, tuple)) and len(returned) == world and all(
@@ -183,6 +190,8 @@ def check_update_all_copies(fn: Callable[[list, list, float], Any]) -> None:
         for rank, copy in enumerate(copies):
             if torch.allclose(copy, want, atol=1e-6):
                 continue
+            if torch.equal(copy, memory):
+                fail(f"copy {rank} was not updated: every process applies the gathered batch to its own copy")
             if torch.allclose(copy, _updated(memory, batches, [rank], rate), atol=1e-6):
                 fail(f"copy {rank} got only process {rank}'s own batch: then each copy writes only its own slots and "
                      "the copies drift apart; every copy needs every process's batch (all_gather)")
