@@ -18,12 +18,13 @@ TORCH_LOWEST       := 2.4.0
 TORCHVISION_LOWEST := 0.19.0
 VENV_LOWEST        := .venv-lowest
 
-.PHONY: help install lab run lint test test-unit test-notebooks test-e2e test-lowest site figures assignments grade instructors-table clean
+.PHONY: help install lab run lint typecheck test test-unit test-notebooks test-e2e test-lowest site figures assignments grade instructors-table clean
 
 help:
 	@echo "make lab      open the notebooks in JupyterLab (the main job)"
 	@echo "make test     unit tests + every notebook re-executed by nbval (ci profile)"
 	@echo "make lint     ruff over the code (make test runs it first)"
+	@echo "make typecheck  mypy over the library (make test runs it after lint)"
 	@echo "make test-unit | test-notebooks | test-e2e   one tier of make test"
 	@echo "make test-lowest  the unit tests again, in .venv-lowest with the lowest supported torch/torchvision"
 	@echo "make site     build the static site (build/site/index.html) from the committed notebooks"
@@ -54,14 +55,18 @@ PYTEST_ENV := REIDLAB_PROFILE=ci OMP_NUM_THREADS=1 REIDLAB_THREADS=1
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 UNIT  := not browser and not notebooks and not e2e
 
-# The lint first (seconds), then everything in one pytest run so that both workers stay busy.
-# The tiers below are its parts.
-test: lint
+# The lint and the type check first (seconds), then everything in one pytest run so that both
+# workers stay busy. The tiers below are its parts.
+test: lint typecheck
 	$(PYTEST_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL) tests $(NOTEBOOKS)
 
 # pyflakes' and pycodestyle's errors over the library, tools, tests and benchmarks ([tool.ruff]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# mypy over the library: its files, Python version and untyped packages are in [tool.mypy].
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # The library, the tools and the checkers (no notebook executed, no outside app).
 test-unit: $(STAMP)
@@ -108,5 +113,5 @@ instructors-table: $(STAMP)
 	$(PY) tools/assign.py table --update docs/INSTRUCTORS.md $(NOTEBOOKS)
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build .pytest_cache .mypy_cache
 	find . -name __pycache__ -prune -not -path './.venv/*' -exec rm -rf {} +

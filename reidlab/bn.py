@@ -160,6 +160,8 @@ def batch_norm(
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)  # biased: divides by n
         if update:
+            # update implies running_mean is given, and with it running_var (both or neither, checked above)
+            assert running_mean is not None and running_var is not None
             if momentum is None:
                 if num_batches_tracked is None:
                     raise ValueError("momentum=None (cumulative average) needs the num_batches_tracked counter")
@@ -172,6 +174,8 @@ def batch_norm(
                 running_mean.mul_(1.0 - factor).add_(batch_mean, alpha=factor)
                 running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
     else:
+        # eval mode with running statistics: use_batch_stats is False only when they are given
+        assert running_mean is not None and running_var is not None
         mean = running_mean.to(x.dtype).reshape(shape)
         var = running_var.to(x.dtype).reshape(shape)
 
@@ -361,7 +365,7 @@ def freeze_bn(model_or_module: nn.Module, stats: bool = True, affine: bool = Tru
         if not isinstance(m, _BatchNorm):
             continue
         if stats:
-            m.train = functools.partial(_frozen_train, m)
+            m.train = functools.partial(_frozen_train, m)  # type: ignore[method-assign, assignment]  # on purpose: see docstring
             nn.Module.train(m, False)
         if affine:
             for p in (m.weight, m.bias):
@@ -433,7 +437,7 @@ def set_bn_eval(model: nn.Module, until: str = "layer3") -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"set_bn_eval expects an nn.Module, got {type(model).__name__}")
-    names = []
+    names: list[str] = []
     for name, m in model.named_modules():
         if name and (name == until or name.endswith("." + until)):
             return names
@@ -455,6 +459,16 @@ def _first_tensor(batch: Any) -> torch.Tensor:
     raise TypeError(
         f"recalibrate_bn: each loader item must be a tensor or a (tensor, ...) tuple/list, got {type(batch).__name__}"
     )
+
+
+def _running_buffers(m: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var, num_batches_tracked)`` of a layer whose flag says it tracks them."""
+    if m.running_mean is None or m.running_var is None or m.num_batches_tracked is None:
+        raise ValueError(
+            "a BN layer has track_running_stats=True but no running statistics (a buffer is None): it was built "
+            "untracked and only its flag was set (notebook 04); give it running_mean, running_var and num_batches_tracked"
+        )
+    return m.running_mean, m.running_var, m.num_batches_tracked
 
 
 def recalibrate_bn(
@@ -515,7 +529,10 @@ def recalibrate_bn(
 
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
-    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    saved = []
+    for m in bns:
+        mean, var, nbt = _running_buffers(m)
+        saved.append((m, mean.clone(), var.clone(), nbt.clone()))
     seen = batches = 0
     ok = False
     try:
@@ -542,12 +559,13 @@ def recalibrate_bn(
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, training in modes:
-            m.training = training
+        for module, training in modes:
+            module.training = training
         if not ok:
             with torch.no_grad():
                 for m, mean, var, nbt in saved:
-                    m.running_mean.copy_(mean)
-                    m.running_var.copy_(var)
-                    m.num_batches_tracked.copy_(nbt)
+                    running_mean, running_var, num_batches_tracked = _running_buffers(m)
+                    running_mean.copy_(mean)
+                    running_var.copy_(var)
+                    num_batches_tracked.copy_(nbt)
     return seen

@@ -203,6 +203,7 @@ def _has_bias(bn: nn.Module) -> bool:
 
 
 def _to_dsbn(bn: nn.Module, num_domains: int, eval_domain: int) -> _DSBN:
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)  # convert_dsbn passes only the types in _DSBN_FOR_BN
     device, dtype = _device_dtype(bn)
     new = _DSBN_FOR_BN[type(bn)](
         bn.num_features, num_domains, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,

@@ -55,10 +55,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def module_device(module: nn.Module) -> torch.device:
     """The device of ``module``'s first parameter or buffer (the CPU when it holds none)."""
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 

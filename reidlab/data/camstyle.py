@@ -195,7 +195,7 @@ def camera_color_stats(
         s = np.zeros(3)
         s2 = np.zeros(3)
         n = 0
-        for i in idx:
+        for i in idx.tolist():  # Python ints: a sequence is indexed by int
             img = images[i] if images is not None else read_image(items[i][0])
             x = _to_space(_pixels(img), space).reshape(-1, 3)
             s += x.sum(0)

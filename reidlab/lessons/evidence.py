@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import reidlab
 from ..cache import load_or_train
 from ..data.datasets import ReIDDataset
+from ..data.layout import Item
 from ..data.loaders import ImageDataset, make_loader
 from ..data.synth import GENERATOR_VERSION
 from ..data.transforms import build_test_transform
@@ -203,15 +204,17 @@ def camstyle_probe(config: ECNConfig, model: torch.nn.Module, *, oracle: bool = 
     cams = torch.as_tensor(orig.camids)
     centroids = F.normalize(torch.stack([feats[cams == c].mean(0) for c in range(target.num_cams)]), dim=1)
     lookup = target.camstyle_oracle if oracle else target.camstyle
-    fakes, old, new = [], [], []
+    fakes: list[Item] = []
+    old_cams: list[int] = []
+    new_cams: list[int] = []
     for path, _, c in items:
         for c2, fake in sorted(lookup.get(path, {}).items()):
-            fakes.append((fake, 0, c2))
-            old.append(c)
-            new.append(c2)
+            fakes.append(Item(fake, 0, c2))
+            old_cams.append(c)
+            new_cams.append(c2)
     styled = extract_features(model, make_loader(ImageDataset(fakes, tf), 2 * config.batch_size), labels=True)
     nearest = (F.normalize(styled.features, dim=1) @ centroids.T).argmax(1).numpy()
-    old, new = np.array(old), np.array(new)
+    old, new = np.array(old_cams), np.array(new_cams)
     return {"new": float((nearest == new).mean()), "old": float((nearest == old).mean()),
             "other": float(((nearest != new) & (nearest != old)).mean()), "chance": 1.0 / target.num_cams,
             "images": len(fakes)}

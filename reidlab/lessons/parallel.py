@@ -31,8 +31,8 @@ import pickle
 import sys
 import time
 import traceback
-from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -118,7 +118,7 @@ def map_in_processes(
         ctx = mp.get_context("fork")
         results: list[Any] = [None] * len(items)
         printed: list[str] = [""] * len(items)
-        running: dict[Any, tuple[int, Any, float]] = {}  # connection -> (index, process, deadline)
+        running: dict[Connection, tuple[int, Any, float]] = {}  # connection -> (index, process, deadline)
         todo = iter(range(len(items)))
         try:
             while True:
@@ -132,7 +132,8 @@ def map_in_processes(
                     break
                 # A child that has not answered by its deadline is stopped and reported.
                 first = min(deadline for _, _, deadline in running.values())
-                ready = wait(list(running), timeout=None if first == math.inf else max(0.0, first - time.monotonic()))
+                to_deadline = None if first == math.inf else max(0.0, first - time.monotonic())
+                ready = cast("list[Connection]", wait(list(running), timeout=to_deadline))  # some of the connections given
                 if not ready:
                     late = [i for i, _, deadline in running.values() if deadline <= time.monotonic()]
                     if late:  # the finally below stops it and the others

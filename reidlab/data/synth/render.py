@@ -479,7 +479,7 @@ def _apply_style(img: torch.Tensor, style: CameraStyle, gen: torch.Generator) ->
 
 
 def render_person_layer(
-    ids: dict[str, np.ndarray], pose: dict[str, np.ndarray], scale: np.ndarray, size: tuple[int, int]
+    ids: dict[str, np.ndarray], pose: dict[str, np.ndarray], scale: float | np.ndarray, size: tuple[int, int]
 ) -> Canvas:
     """The people of a batch on a transparent layer (see :class:`Canvas`).
 
@@ -509,6 +509,8 @@ def render_view(
     only draw made here, so that the writer's images are the same run after run and whatever
     the number of threads.
     """
+    if layer.trans is None:
+        raise ValueError("render_view needs a transparent layer: render_person_layer's, or a Canvas(..., layer=True)")
     cv = Canvas(layer.B, layer.H, layer.W)
     _render_background(cv, style, pose, scenes)
     cv.img.mul_(layer.trans.unsqueeze(1)).add_(layer.img)

@@ -292,14 +292,22 @@ def camera_styles(domain: Domain) -> list[CameraStyle]:
         look = _look(rng, domain.bright)
         cams.append(
             CameraStyle(
-                accent=tuple(float(x) for x in look.pop("accent")), horizon=float(rng.uniform(0.45, 0.7)),
+                accent=_triple(look["accent"]), horizon=float(rng.uniform(0.45, 0.7)),
                 structure=int(c % 4), period=float(rng.uniform(0.25, 0.6)),
-                **framing,
-                **{k: (tuple(float(y) for y in v) if isinstance(v, (tuple, np.ndarray)) else float(v))
-                   for k, v in look.items()},
+                scale=framing["scale"], occlusion=framing["occlusion"], facing=framing["facing"],
+                wall=_triple(look["wall"]), floor=_triple(look["floor"]), wb=_triple(look["wb"]),
+                brightness=float(look["brightness"]), contrast=float(look["contrast"]), gamma=float(look["gamma"]),
+                saturation=float(look["saturation"]), tint=_triple(look["tint"]), vignette=float(look["vignette"]),
+                resolution=float(look["resolution"]), blur=float(look["blur"]), noise=float(look["noise"]),
             )
         )
     return cams
+
+
+def _triple(v: tuple | np.ndarray) -> tuple[float, float, float]:
+    """A colour or gains (three numbers) as Python floats: the frozen dataclass is hashed and compared."""
+    r, g, b = (float(x) for x in v)
+    return r, g, b
 
 
 def _framing(rng: np.random.Generator, bright: bool | None) -> dict:
@@ -307,7 +315,7 @@ def _framing(rng: np.random.Generator, bright: bool | None) -> dict:
     scale = {True: (0.82, 0.9), False: (0.76, 0.84), None: (0.78, 0.9)}[bright]
     occlusion = {True: (0.1, 0.16), False: (0.18, 0.26), None: (0.1, 0.25)}[bright]
     return {"scale": float(rng.uniform(*scale)), "occlusion": float(rng.uniform(*occlusion)),
-            "facing": tuple(float(x) for x in rng.dirichlet([4.0, 4.0, 3.0]))}
+            "facing": _triple(rng.dirichlet([4.0, 4.0, 3.0]))}
 
 
 def _look(rng: np.random.Generator, bright: bool | None) -> dict:
@@ -399,8 +407,9 @@ def sample_identities(domain: Domain, n: int, rng: np.random.Generator) -> dict[
     it changes every image (bump ``GENERATOR_VERSION`` in :mod:`reidlab.data.synth.write`).
     """
     b = domain.bright
-    # clothing odds per population: summer (True), winter (False), the pretraining corpus's own (None)
-    odds = {
+    # clothing odds per population: summer (True), winter (False), the pretraining corpus's own (None):
+    # one probability, or one per choice
+    odds: dict[str, dict[bool | None, float | list[float]]] = {
         "pattern": {True: [0.4, 0.16, 0.1, 0.1, 0.14, 0.1], False: [0.45, 0.12, 0.08, 0.15, 0.05, 0.15],
                     None: [0.25, 0.15, 0.15, 0.15, 0.15, 0.15]},
         "sleeves": {True: 0.7, False: 0.05, None: 0.4},
