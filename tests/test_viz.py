@@ -9,7 +9,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from reidlab.evaluation import evaluate_rank
-from reidlab.lessons.viz import QUERY_COLOUR, RANK_COLOURS, cmc_curve, ranked_lists, show_ranked_list
+from reidlab.lessons.viz import QUERY_COLOUR, RANK_COLOURS, cmc_curve, ranked_lists
 
 GREEN, RED, GREY, BLUE = (to_rgba(RANK_COLOURS[1]), to_rgba(RANK_COLOURS[0]), to_rgba(RANK_COLOURS[-1]), to_rgba(QUERY_COLOUR))
 
@@ -60,35 +60,6 @@ class Loader:
         self.calls.append((split, index))
         return image(index + (100 if split == "query" else 0))
 
-
-def test_show_ranked_list_frames_match_flags(tmp_path):
-    path = tmp_path / "g.png"
-    Image.fromarray(image(5)).save(path)
-    gallery = [image(1), image(2, "tensor"), image(3, "grey"), str(path), Image.fromarray(image(4))]
-    fig = show_ranked_list(image(0), gallery, [1, 0, -1, True, False], k=5)
-    axes = fig.axes
-    assert len(axes) == 6
-    assert [frame(ax) for ax in axes] == [BLUE, GREEN, RED, GREY, GREEN, RED]
-    assert [ax.get_title() for ax in axes] == ["query", "1", "2", "3", "4", "5"]
-    # the normalised tensor is shown in [0, 1], channels last
-    shown = axes[2].get_images()[0].get_array()
-    assert shown.shape == (16, 8, 3) and shown.min() >= 0 and shown.max() <= 1
-
-
-def test_show_ranked_list_draws_only_k():
-    fig = show_ranked_list(image(0), [image(i) for i in range(8)], np.array([False] * 7 + [True]), k=3)
-    assert len(fig.axes) == 4 and [frame(ax) for ax in fig.axes[1:]] == [RED] * 3
-
-
-def test_show_ranked_list_bad_inputs():
-    with pytest.raises(ValueError, match="matches must hold"):
-        show_ranked_list(image(0), [image(1)], [2])
-    with pytest.raises(ValueError, match="3 gallery images needed"):
-        show_ranked_list(image(0), [image(1)], [1, 0, 1], k=3)
-    with pytest.raises(ValueError, match="k must be a positive integer"):
-        show_ranked_list(image(0), [image(1)], [1], k=0)
-    with pytest.raises(ValueError, match="an image must be"):
-        show_ranked_list(image(0), [np.zeros((2, 2, 2, 2))], [1], k=1)
 
 
 def test_ranked_lists_apply_the_market_exclusion():
@@ -143,6 +114,22 @@ def test_ranked_lists_bad_inputs():
         ranked_lists(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, "images/", [0])
     with pytest.raises(ValueError, match="g_pids has 6 entries"):
         ranked_lists(DIST, Q_PIDS, G_PIDS[:6], Q_CAMS, G_CAMS, Loader(), [0])
+
+
+def test_ranked_lists_draw_every_kind_of_image(tmp_path):
+    """A path, a PIL image, a normalised CxHxW tensor and a grey array all become visible images."""
+    path = tmp_path / "q.png"
+    Image.fromarray(image(0)).save(path)
+    gallery = [Image.fromarray(image(1)), image(2, "tensor"), image(3, "grey"), image(4), image(5), image(6), image(7)]
+    fig = ranked_lists(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ([path] * 4, gallery), [0], k=3)
+    shown = [ax.get_images()[0].get_array() for ax in fig.axes]
+    np.testing.assert_array_equal(shown[0], image(0))  # read back from the file
+    tensor_shown = [a for a in shown if a.dtype.kind == "f" and a.ndim == 3]
+    assert all(0 <= a.min() and a.max() <= 1 for a in tensor_shown)  # min-max scaled into [0, 1]
+    with pytest.raises(ValueError, match="an image must be"):
+        ranked_lists(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ([np.zeros((2, 2, 2, 2))] * 4, gallery), [0], k=1)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        ranked_lists(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, Loader(), [0], k=0)
 
 
 def test_cmc_curve_plots_each_result():

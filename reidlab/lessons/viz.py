@@ -100,63 +100,6 @@ def _framed(ax, img, colour: str, title: str | None, linewidth: float = 4.0) -> 
         ax.set_title(title, fontsize=8)
 
 
-def _check_flags(matches, k: int):
-    flags = np.asarray(matches)
-    if flags.ndim != 1:
-        raise ValueError(f"matches must be 1-D (one flag per gallery image), got shape {flags.shape}")
-    if flags.dtype == bool:
-        flags = flags.astype(np.int64)
-    if flags.size and not np.isin(flags, (-1, 0, 1)).all():
-        raise ValueError("matches must hold 1 (true match), 0 (false match) or -1 (excluded), or booleans")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return flags.astype(np.int64)
-
-
-def show_ranked_list(
-    query_img,
-    gallery_imgs,
-    matches,
-    *,
-    k: int = 10,
-    query_title: str | None = "query",
-    titles=None,
-    cell_size: tuple[float, float] = (1.1, 2.3),
-) -> matplotlib.figure.Figure:
-    """Draw one query and its top-``k`` gallery images with coloured frames (notebook 08).
-
-    Parameters
-    ----------
-    query_img:
-        The query image (path, PIL image, ``HxWxC`` array or ``CxHxW`` tensor).
-    gallery_imgs:
-        The *ranked* gallery images, best first (at least ``min(k, len(matches))``).
-    matches:
-        One flag per ranked image: ``1``/``True`` a true match (green frame), ``0``/``False``
-        a false match (red), ``-1`` an item the protocol excludes (grey), e.g. the ``flags``
-        of :func:`reidlab.evaluation.rank_gallery`.
-    k:
-        How many gallery images to draw.
-    titles:
-        Optional title per gallery image; default ``"1"``, ``"2"``, ... (the rank).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One row: the query (blue frame), then the ranked images.
-    """
-    flags = _check_flags(matches, k)
-    n = min(k, len(flags))
-    if len(gallery_imgs) < n:
-        raise ValueError(f"{n} gallery images needed for k={k}, got {len(gallery_imgs)}")
-    fig, axes = plt.subplots(1, n + 1, figsize=(cell_size[0] * (n + 1), cell_size[1]), squeeze=False)
-    _framed(axes[0, 0], query_img, QUERY_COLOUR, query_title)
-    for j in range(n):
-        title = titles[j] if titles is not None else str(j + 1)
-        _framed(axes[0, j + 1], gallery_imgs[j], RANK_COLOURS[int(flags[j])], title)
-    return fig
-
-
 def _image_source(load_image):
     """Normalise ``load_image`` to a function ``(split, index) -> image``."""
     if isinstance(load_image, (tuple, list)) and len(load_image) == 2:
@@ -217,7 +160,8 @@ def ranked_lists(
         "distractor" for id 0, "junk" for id -1) and camera.
     """
     d, qp, gp, qc, gc, _ = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, 1)
-    _check_flags([], k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
     get = _image_source(load_image)
     rows = [int(i) for i in np.atleast_1d(np.asarray(query_indices))]
     if not rows:
