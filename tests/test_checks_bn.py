@@ -97,24 +97,22 @@ def folding(**kwargs):
     return lambda conv, bn: _fold(conv, bn, **kwargs)
 
 
-def _fold_var(conv, bn):
+def _fold_with_scale(conv, bn, scale):
+    """A fold that is right except for its per-channel ``scale`` (the learner's wrong formula for it)."""
     folded = _fold(conv, bn)
-    scale = bn.weight.detach() / (bn.running_var + bn.eps)
     b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
         folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         folded.bias.copy_((b - bn.running_mean) * scale + bn.bias)
     return folded
+
+
+def _fold_var(conv, bn):
+    return _fold_with_scale(conv, bn, bn.weight.detach() / (bn.running_var + bn.eps))
 
 
 def _fold_eps_outside_the_root(conv, bn):
-    folded = _fold(conv, bn)
-    scale = bn.weight.detach() / (torch.sqrt(bn.running_var) + bn.eps)
-    b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    with torch.no_grad():
-        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        folded.bias.copy_((b - bn.running_mean) * scale + bn.bias)
-    return folded
+    return _fold_with_scale(conv, bn, bn.weight.detach() / (torch.sqrt(bn.running_var) + bn.eps))
 
 
 def _fold_into_a_conv_without_dilation(conv, bn):
